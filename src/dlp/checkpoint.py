@@ -1,0 +1,76 @@
+"""Self-describing checkpoints: the model config travels with the weights.
+
+A checkpoint is a dict saved with `torch.save` and read with `weights_only=True`:
+`{"format", "version", "config", "model", ...}` plus whatever the trainer adds (train config, optimisers,
+schedulers, epoch, step, RNG states, metrics). Writes are atomic: a crash mid-write never leaves a broken file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlp import __version__
+from dlp.config import DLPConfig
+
+FORMAT = "deep-latent-particles/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable deep-latent-particles checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: Any) -> Path:
+    """Atomically write `model` (its config and weights) and any extra picklable-by-weights_only state."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": __version__, "config": model.config.to_dict(),
+               "model": model.state_dict(), **extra}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, validated; raises `CheckpointError` for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by `dlp train`.")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or non-torch files
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(exc).__name__}); it may be truncated or not a torch file."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a deep-latent-particles checkpoint; convert official DLP weights with "
+            "`dlp convert-official IN.pth --preset NAME -o OUT.pt`."
+        )
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the model stored in a checkpoint (config from the file, strict state-dict load), in eval mode."""
+    from dlp.model import DLP
+
+    payload = read_checkpoint(path, map_location)
+    model = DLP(DLPConfig.from_dict(payload["config"]))
+    try:
+        model.load_state_dict(payload["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {path} do not match its config: {exc}") from exc
+    return model.to(map_location).eval()

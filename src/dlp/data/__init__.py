@@ -1,0 +1,1 @@
+"""Datasets for DLP training and evaluation (synthetic shapes, image folders, videos)."""

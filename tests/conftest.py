@@ -1,0 +1,41 @@
+"""Shared test fixtures: tiny configs and the locations of the shared data next to the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlp.config import DLPConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA_DIR = SHARED / "data"
+PARITY_DIR = SHARED / "fixtures" / "parity"
+
+
+def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
+    """A 32x32 model small enough for CPU unit tests."""
+    base = dict(
+        image_size=32,
+        enc_channels=(8, 8),
+        prior_channels=(8, 8),
+        glimpse_channels=(8, 8),
+        n_kp_enc=4,
+        n_kp_prior=6,
+        patch_size=8,
+        learned_feature_dim=3,
+        anchor_s=0.25,
+    )
+    if kind == "object":
+        base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True)
+    else:
+        base.update(dec_bone="masked", use_object_enc=True, use_object_dec=False, anchor_s=0.25)
+    base.update(overrides)
+    return DLPConfig(**base)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

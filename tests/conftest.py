@@ -29,7 +29,7 @@ def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
         anchor_s=0.25,
     )
     if kind == "object":
-        base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True)
+        base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True, anchor_s=0.5)
     else:
         base.update(dec_bone="masked", use_object_enc=True, use_object_dec=False, anchor_s=0.25)
     base.update(overrides)

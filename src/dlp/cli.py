@@ -10,6 +10,7 @@ from dlp import __version__
 
 # Each module contributes its sub-command(s) through `configure_parser(subparsers)`.
 COMMAND_MODULES = (
+    "dlp.engine.cli",
     "dlp.presets_cli",
     "dlp.compat.cli",
 )
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -24,8 +24,25 @@ class CheckpointError(ValueError):
     """A file that is not a readable deep-latent-particles checkpoint."""
 
 
+_PLAIN = (torch.Tensor, str, int, float, bool, type(None))
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Values that `torch.load(weights_only=True)` reads back: tensors, numbers, strings, and containers of them."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, where) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+    raise CheckpointError(f"{where} is a {type(value).__name__}, which a weights-only checkpoint cannot hold.")
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: Any) -> Path:
-    """Atomically write `model` (its config and weights) and any extra picklable-by-weights_only state."""
+    """Atomically write `model` (its config and weights) and extra state (tensors, numbers, strings, containers)."""
+    extra = {key: _plain(value, key) for key, value in extra.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": __version__, "config": model.config.to_dict(),

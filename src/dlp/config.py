@@ -31,6 +31,31 @@ def round_half_even(value: float) -> int:
     return int(round(value))
 
 
+def _coerce_fields(obj: Any) -> None:
+    """Turn values given as strings (YAML reads `1e-3` as a string) into the field's declared scalar type."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = {"int": int, "float": float, "bool": bool}.get(str(f.type).replace(" | None", ""))
+        if kind is None or value is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            continue
+        try:
+            if kind is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                    value = value.lower() in ("true", "1", "yes")
+                elif not isinstance(value, (int, float)):
+                    raise ValueError
+                coerced = bool(value)
+            elif kind is int:
+                coerced = int(float(value)) if float(value).is_integer() else None
+                if coerced is None:
+                    raise ValueError
+            else:
+                coerced = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{f.name} must be a {kind.__name__}, got {value!r}.") from None
+        setattr(obj, f.name, coerced)
+
+
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and (n & (n - 1)) == 0
 
@@ -67,6 +92,7 @@ class DLPConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         self.enc_channels = tuple(int(c) for c in self.enc_channels)
         self.prior_channels = tuple(int(c) for c in self.prior_channels)
         self.glimpse_channels = tuple(int(c) for c in self.glimpse_channels)
@@ -238,6 +264,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
         self.lr_milestones = tuple(int(m) for m in self.lr_milestones)
         if self.lr <= 0:
             raise ConfigError(f"the learning rate must be positive, got {self.lr}.")

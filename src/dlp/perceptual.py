@@ -11,8 +11,9 @@ with phi_l the post-ReLU activations relu1_2, relu2_2, relu3_2, relu4_3 and pool
 so what it really compares are these post-ReLU tensors. Images enter raw, in [0, 1], with no ImageNet normalisation;
 1-channel images are repeated to 3 channels (the pixel term is taken before that).
 
-Weights are never silently random: `VGGPerceptual()` loads the ImageNet weights through `load_vgg16_features`, and a
-randomly initialised network needs ``VGGPerceptual(weights=None, allow_random=True)``. All parameters are frozen; keep
+Weights are never silently random: `VGGPerceptual()` (or `weights=None`) loads the ImageNet weights through
+`load_vgg16_features` or raises `VGGWeightsError`; a randomly initialised network needs
+``VGGPerceptual(weights=None, allow_random=True)`` (or ``weights="random", allow_random=True``). All parameters are frozen; keep
 the module outside the model and its optimisers.
 """
 
@@ -44,7 +45,9 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
 ENV_VAR = "DLP_VGG_WEIGHTS"
 # torchvision's VGG configuration "D": channels of each 3x3 conv, "M" = 2x2 max-pool
-VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)  # fmt: skip
 # `features` indices whose outputs are compared: relu1_2, relu2_2, relu3_2, relu4_3, pool5
 FEATURE_LAYERS: tuple[int, ...] = (3, 8, 13, 22, 30)
 MIN_IMAGE_SIZE = 32  # five 2x2 pools need at least 32 pixels
@@ -78,11 +81,12 @@ def _build_features(cfg: tuple[int | str, ...] = VGG16_CFG, in_channels: int = 3
 
 def vgg16_feature_keys() -> list[str]:
     """State-dict keys of torchvision's `vgg16().features`, prefixed with `features.` (26 keys)."""
-    return [f"features.{i}.{p}" for i, m in enumerate(_build_features()) if isinstance(m, nn.Conv2d) for p in ("weight", "bias")]
+    convs = [i for i, m in enumerate(_build_features()) if isinstance(m, nn.Conv2d)]
+    return [f"features.{i}.{p}" for i in convs for p in ("weight", "bias")]
 
 
 def _select_features(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Keep the `features.*` entries of a torchvision VGG16 state dict (a bare `features` dict, "0.weight", also works)."""
+    """Keep the `features.*` entries of a torchvision VGG16 state dict (a bare `features` dict also works)."""
     if not isinstance(state, Mapping):
         raise VGGWeightsError(f"{source} does not hold a state dict; {_how_to_provide()}.")
     if "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -124,7 +128,9 @@ def load_vgg16_features(path: str | os.PathLike | None = None, *, download: bool
         return _load_file(cached, f"cached VGG16 weights {str(cached)!r}")
     if download:
         try:
-            state = torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", check_hash=True, weights_only=True)
+            state = torch.hub.load_state_dict_from_url(
+                VGG16_URL, map_location="cpu", check_hash=True, weights_only=True
+            )
         except Exception as err:  # no network, proxy, bad hash, full disk ...
             raise VGGWeightsError(
                 f"the ImageNet VGG16 weights are not cached and downloading them failed ({type(err).__name__}: {err}); "
@@ -146,10 +152,11 @@ class VGGPerceptual(nn.Module):
     """Frozen VGG16 `features` and the official VGGDistance (see the module docstring).
 
     Args:
-        weights: "imagenet" (default: `load_vgg16_features()`), a path to a torchvision VGG16 file, a state dict, or
-            None for random weights (only together with `allow_random=True`, e.g. in tests).
-        allow_random: permit `weights=None`.
-        download: let the "imagenet" lookup download the file when it is not cached.
+        weights: "imagenet" or None (default: the ImageNet file found by `load_vgg16_features`), a path to a
+            torchvision VGG16 file, a `features` state dict, or "random".
+        allow_random: the only way to get random weights (e.g. in tests): `weights="random"` needs it, and
+            `weights=None, allow_random=True` means random too. Missing ImageNet weights are always an error.
+        download: let the ImageNet lookup download the file when it is not cached.
 
     The state dict of this module has exactly the keys of torchvision's `vgg16().features` (``features.0.weight`` ...).
     """
@@ -159,18 +166,18 @@ class VGGPerceptual(nn.Module):
         self.features = _build_features()
         self.layer_ids = FEATURE_LAYERS
         self.weights_source: str
-        if weights is None:
+        if weights == "random" or (weights is None and allow_random):
             if not allow_random:
                 raise VGGWeightsError(
-                    "VGGPerceptual(weights=None) would use random weights; pass allow_random=True if that is intended, "
-                    f"otherwise {_how_to_provide()}."
+                    "VGGPerceptual(weights='random') needs allow_random=True; for the perceptual loss use the ImageNet "
+                    f"weights: {_how_to_provide()}."
                 )
             self._init_random()
             self.weights_source = "random"
         else:
             if isinstance(weights, Mapping):
                 state, self.weights_source = _select_features(weights, "the given state dict"), "state dict"
-            elif isinstance(weights, str) and weights == "imagenet":
+            elif weights is None or (isinstance(weights, str) and weights == "imagenet"):
                 state, self.weights_source = load_vgg16_features(download=download), "imagenet"
             else:
                 state, self.weights_source = load_vgg16_features(weights), str(weights)
@@ -186,7 +193,10 @@ class VGGPerceptual(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def extract(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Activations at `self.layer_ids` for x [B, 3, H, W] (H, W >= 32): relu1_2 [B,64,H,W] ... pool5 [B,512,H/32,W/32]."""
+        """Activations at `self.layer_ids` for x [B, 3, H, W] (H, W >= 32).
+
+        Returns [relu1_2 [B, 64, H, W], relu2_2, relu3_2, relu4_3, pool5 [B, 512, H/32, W/32]].
+        """
         feats = []
         last = max(self.layer_ids)
         for i, layer in enumerate(self.features):
@@ -202,7 +212,9 @@ class VGGPerceptual(nn.Module):
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
         if x.shape != y.shape or x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected two [B, 1 or 3, H, W] batches of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
+            raise ValueError(
+                f"expected two [B, 1 or 3, H, W] batches of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."
+            )
         if min(x.shape[-2:]) < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"VGG16 needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {tuple(x.shape[-2:])}; "

@@ -11,6 +11,8 @@ without a half-pixel correction).
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -77,10 +79,17 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(".")
 
 
-def list_images(root: Path, *, recursive: bool = True) -> list[Path]:
-    """Image files under `root` (hidden files skipped), sorted by relative path."""
-    candidates = root.rglob("*") if recursive else root.iterdir()
-    return sorted((p for p in candidates if p.is_file() and is_image_file(p)), key=lambda p: p.relative_to(root).as_posix())
+def list_images(root: Path, *, recursive: bool = True) -> dict[str, Path]:
+    """Image files under `root` (hidden files and folders skipped): relative POSIX name -> path, sorted by name."""
+    found: dict[str, Path] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        prefix = os.path.relpath(folder, root).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                found[prefix + name] = Path(folder, name)
+    return dict(sorted(found.items()))
 
 
 def examples(items: Iterable[Any], limit: int = 3) -> str:
@@ -165,7 +174,8 @@ def square_box(width: int, height: int, *, side_fraction: float = 1.0,
     side = side_fraction * min(width, height)
     left = (width - side) * align[0]
     top = (height - side) * align[1]
-    return (left, top, left + side, top + side)
+    # Rounded so that the official integer boxes come out exactly (e.g. 92 * 60/92 -> 60.0, not 59.999...).
+    return tuple(round(v, 6) for v in (left, top, left + side, top + side))  # type: ignore[return-value]
 
 
 # CelebA aligned images are 178x218 and the official code crops rows 30..207 (a 178x178 square, "move head up"):
@@ -179,9 +189,19 @@ TRAFFIC_ALIGN = (60.0 / 92.0, 0.0)
 
 
 def crop_resize(img: Image.Image, box: Box | None, size: int, resample: int = Image.Resampling.BILINEAR) -> Image.Image:
-    """Resize the `box` region of `img` (whole image if None) to `size x size`."""
-    if box is not None and tuple(box) == (0, 0, img.width, img.height):
-        box = None
+    """Resize the `box` region of `img` (whole image if None) to `size x size`.
+
+    Like the official crop-then-resize, the resampling filter never reads pixels outside the box (rounded out to
+    whole pixels for fractional boxes); PIL's `resize(box=...)` alone would read context beyond it.
+    """
+    if box is not None:
+        left, top = math.floor(box[0]), math.floor(box[1])
+        outer = (left, top, math.ceil(box[2]), math.ceil(box[3]))
+        if outer != (0, 0, img.width, img.height):
+            img = img.crop(outer)
+        box = (box[0] - left, box[1] - top, box[2] - left, box[3] - top)
+        if box == (0, 0, img.width, img.height):
+            box = None
     if box is None and img.size == (size, size):
         return img
     return img.resize((size, size), resample, box=box)
@@ -257,4 +277,58 @@ class SquareCropTransform:
             item["image"] = out.image.clamp_(0, 1)
             if kp is not None:
                 item["landmarks"] = out.keypoints
+        return item
+
+
+def face_work_size(image_size: int) -> int:
+    """Side at which face images are resized (and TPS-warped) before the margin is cut: 160 for 128."""
+    return image_size + 2 * face_margin(image_size)
+
+
+def face_transform(image_size: int, warper: Any = None) -> SquareCropTransform:
+    """The official CelebA/DVE geometry for any aligned face image: the CelebA square (rows 30..207 of 178x218,
+    proportionally for other sizes), resized to `face_work_size(image_size)`, `face_margin` cut per side."""
+    return SquareCropTransform(image_size, margin=face_margin(image_size), align=FACE_ALIGN, warper=warper)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# still-image datasets
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images from a list of files, optionally with landmarks, through a `SquareCropTransform`.
+
+    `landmarks` [N, L, 2] are (x, y) pixels in the stored images, or, if `landmark_frame=(w, h)` is given, in a
+    `w x h` reference frame that is rescaled to each image's actual size (CelebA's files are in the 178x218 frame).
+    Items: {"image", "index"} plus "landmarks" / "image_prior" / "landmarks_prior" as the transform provides.
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: SquareCropTransform, landmarks: torch.Tensor | None = None,
+                 landmark_frame: tuple[int, int] | None = None) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+        self.landmarks = landmarks
+        self.landmark_frame = landmark_frame
+        if landmarks is not None and len(landmarks) != len(self.paths):
+            raise DatasetError(f"got {len(landmarks)} landmark rows for {len(self.paths)} images.")
+
+    @property
+    def image_size(self) -> int:
+        return self.transform.image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        index = index % len(self)
+        img = load_rgb(self.paths[index])
+        points = None
+        if self.landmarks is not None:
+            points = self.landmarks[index]
+            if self.landmark_frame is not None and img.size != self.landmark_frame:
+                scale = torch.tensor([img.width / self.landmark_frame[0], img.height / self.landmark_frame[1]])
+                points = points * scale
+        item: dict[str, Any] = self.transform(img, points)
+        item["index"] = index
         return item

@@ -118,7 +118,7 @@ class ShapesDataset(Dataset):
         if num_images < 0:
             raise ConfigError(f"num_images must be >= 0, got {num_images}.")
         if not 1 <= min_shapes <= max_shapes:
-            raise ConfigError(f"need 1 <= min_shapes <= max_shapes, got min_shapes={min_shapes}, max_shapes={max_shapes}.")
+            raise ConfigError(f"need 1 <= min_shapes <= max_shapes, got {min_shapes} and {max_shapes}.")
         if not 1 <= min_size <= max_size:
             raise ConfigError(f"need 1 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}.")
         if max_size > image_size:
@@ -178,7 +178,10 @@ class ShapesDataset(Dataset):
         return item
 
     def generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
-        """Draw image `index` as numpy arrays: (image [3,H,W] f32, centers [M,2], boxes [M,4], kinds [M], count, masks [H,W])."""
+        """Draw image `index` as numpy arrays.
+
+        Returns: image [3, H, W] float32, centers [M, 2], boxes [M, 4], kinds [M], count, masks [H, W] int64.
+        """
         size, m = self.image_size, self.max_shapes
         rng = np.random.default_rng((self.seed, index))
         n = int(rng.integers(self.min_shapes, self.max_shapes + 1))

@@ -8,6 +8,7 @@ defaults, typed or not; here `-o/--override` is accepted for compatibility and c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,6 +58,8 @@ EXTRA_FLAGS = (
     (("--topk",), "topk", int, "train", "particles shown in the top-k figure and used by top-k evaluation"),
 )
 FILE_KEYS = {dest: target for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS}
+MODEL_KEYS = {f.name for f in dataclasses.fields(DLPConfig)} - {"extra"}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def _preset_defaults(dest: str, target: str) -> str:
@@ -133,12 +136,13 @@ def _read_config_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a mapping of flag names to values.")
     # A run's own config.yaml ({model: ..., train: ..., run: ...}) is accepted too.
     if set(data) <= {"model", "train", "run"} and data:
-        flat = {**data.get("model", {}), **data.get("train", {})}
-        return {k: v for k, v in flat.items() if k in FILE_KEYS or k in ("dataset", "data_root")}
+        return {**data.get("model", {}), **data.get("train", {})}
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = set(data) - set(FILE_KEYS) - {"dataset", "preset", "data_root"}
+    unknown = set(data) - set(FILE_KEYS) - MODEL_KEYS - TRAIN_KEYS - {"preset"}
     if unknown:
-        raise ConfigError(f"config file {path} has unknown keys {sorted(unknown)}; use the `dlp train` flag names.")
+        raise ConfigError(
+            f"config file {path} has unknown keys {sorted(unknown)}; use `dlp train` flag names or DLPConfig/TrainConfig fields."
+        )
     return data
 
 
@@ -146,12 +150,11 @@ def resolve_configs(args: argparse.Namespace) -> tuple[str, DLPConfig, TrainConf
     """(preset name, model config, train config) from preset < config file < typed flags."""
     file_values = _read_config_file(args.config) if args.config else {}
     resumed = None
-    if args.resume:
+    if args.resume:  # the checkpoint describes the run: its architecture and its training settings
+        from dlp.checkpoint import read_checkpoint
         from dlp.engine.trainer import resolve_resume_path
 
-        config_file = resolve_resume_path(args.resume).parent.parent / "config.yaml"
-        if config_file.is_file():
-            resumed = yaml.safe_load(config_file.read_text())
+        resumed = read_checkpoint(resolve_resume_path(args.resume))
     dataset = args.dataset or file_values.get("dataset")
     preset_name = args.preset or file_values.get("preset")
     if preset_name is None:
@@ -164,11 +167,12 @@ def resolve_configs(args: argparse.Namespace) -> tuple[str, DLPConfig, TrainConf
     model_values = dict(preset.model)
     train_values = dict(preset.train)
     if resumed:
-        model_values, train_values = dict(resumed["model"]), dict(resumed["train"])
+        model_values = dict(resumed["config"])
+        train_values = dict(resumed.get("train_config") or train_values)
     for key, value in file_values.items():
-        if FILE_KEYS.get(key) == "model":
+        if key in MODEL_KEYS:
             model_values[key] = value
-        elif key in FILE_KEYS or key in ("dataset", "data_root"):
+        elif key in TRAIN_KEYS:
             train_values[key] = value
     for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS:
         value = getattr(args, dest)

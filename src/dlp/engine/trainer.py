@@ -160,14 +160,16 @@ class Trainer:
         )
         self.is_main = self.accelerator.is_main_process
 
-        self.run_dir = self._make_run_dir(resume_payload)
-        self.rec_loss = self._reconstruction_loss()
+        # Everything that can be wrong with the inputs is checked before anything is written.
         self.train_dataset = train_dataset if train_dataset is not None else self._build_dataset("train")
         if len(self.train_dataset) < train_config.batch_size * self.accelerator.num_processes:
             raise ConfigError(
                 f"the training set has {len(self.train_dataset)} images, fewer than one batch of "
                 f"{train_config.batch_size}; lower --batch_size or add data."
             )
+        self._check_sample_size()
+        self.rec_loss = self._reconstruction_loss()
+        self.run_dir = self._make_run_dir(resume_payload)
         self.eval_fn = eval_fn
 
         torch.manual_seed(train_config.seed)
@@ -203,13 +205,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------------
     def _check_resume_compatible(self, payload: dict) -> None:
+        if "train_state" not in payload:
+            raise CheckpointError("this checkpoint holds weights only, not a training state; it cannot be resumed.")
         stored = DLPConfig.from_dict(payload["config"])
         diff = stored.diff(self.cfg)
         if diff:
             details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ConfigError(f"cannot resume with a different architecture ({details}); drop the changed flags.")
-        if "train_state" not in payload:
-            raise CheckpointError("this checkpoint holds weights only, not a training state; it cannot be resumed.")
 
     def _make_run_dir(self, resume_payload: dict | None) -> Path:
         if self.options.resume:
@@ -239,6 +241,15 @@ class Trainer:
         return build_dataset(self.tcfg.dataset, data_root=self.tcfg.data_root, image_size=self.cfg.image_size,
                              split=split, use_tps=self.tcfg.use_tps, use_pairs=self.tcfg.use_pairs,
                              seed=self.tcfg.seed, num_images=self.tcfg.num_train_images)
+
+    def _check_sample_size(self) -> None:
+        image = self.train_dataset[0]["image"]
+        expected = (self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
+        if tuple(image.shape) != expected:
+            raise ConfigError(
+                f"the dataset yields images of shape {list(image.shape)} but the model expects {list(expected)}; "
+                f"pass --image-size {image.shape[-1]} or prepare the data at {self.cfg.image_size} pixels."
+            )
 
     def _write_config(self) -> None:
         import yaml

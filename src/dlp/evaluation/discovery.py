@@ -98,7 +98,9 @@ def discovery_metrics(
             f"confident must be [B, K] = {tuple(positions.shape[:2])}, got {tuple(confident.shape)}."
         )
     if centers.dim() != 3 or centers.shape[0] != positions.shape[0] or centers.shape[-1] != 2:
-        raise DiscoveryInputError(f"centers must be [B, M, 2] with B = {positions.shape[0]}, got {tuple(centers.shape)}.")
+        raise DiscoveryInputError(
+            f"centers must be [B, M, 2] with B = {positions.shape[0]}, got {tuple(centers.shape)}."
+        )
     positions = positions.detach().to("cpu", torch.float64)
     centers = centers.detach().to("cpu", torch.float64)
     confident = confident.detach().to("cpu", torch.bool)

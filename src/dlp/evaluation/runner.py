@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ def _collate(items: list[Any]) -> Any:
 def _loader(dataset: Any, batch_size: int, num_images: int | None = None) -> torch.utils.data.DataLoader:
     if num_images is not None and num_images < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(num_images))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=_collate)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                       collate_fn=_collate)
 
 
 def _images(batch: Any) -> torch.Tensor:
@@ -87,7 +89,7 @@ def encode_dataset(
     try:
         for batch in loader:
             x = _images(batch).to(device, torch.float32)
-            particles = model.encode(x, deterministic=True)
+            particles = model.encode(x)  # posterior means and statistics, no sampling
             for name in ("mu", "logvar", "mu_features", "logvar_features", "obj_on"):
                 value = getattr(particles, name, None)
                 if value is not None:
@@ -118,7 +120,7 @@ def _build_dataset(name: str, data_root: str | None, image_size: int, split: str
 def _shapes_dataset(num_images: int, image_size: int, seed: int) -> Any:
     from dlp.data.shapes import ShapesDataset
 
-    return ShapesDataset(num_images, image_size, seed)
+    return ShapesDataset(num_images, image_size, seed=seed)
 
 
 def _has_landmarks(name: str, data_root: str | None, image_size: int) -> bool:
@@ -180,11 +182,14 @@ def run_regression(
         te0 = encode_dataset(fresh, test_loader, device=device)
         base = keypoint_regression(tr0, te0, tr["landmarks"], te["landmarks"], topk=None, protocols=("fair",),
                                    eye_idx=eye_idx)
-        results.update({f"baseline/untrained/{k.split('/', 1)[1]}": v for k, v in base.items() if k.startswith("fair/")})
+        for k, v in base.items():
+            if k.startswith("fair/"):
+                results[f"baseline/untrained/{k.split('/', 1)[1]}"] = v
         del fresh
     figures: dict[str, str] = {}
     if figure_path is not None:
-        key = next(k for k in ("fair/mu_logvar_features", "fair/mu_logvar", "fair/mu") if k in preds)
+        # the best fair-protocol variant over all particles
+        key = min((k for k in preds if k.startswith("fair/") and "@" not in k), key=results.__getitem__)
         n = min(FIGURE_IMAGES, len(test_set))
         images = torch.stack([_images(_collate([test_set[i]]))[0] for i in range(n)])
         save_landmark_figure(images, te["landmarks"][:n], preds[key][:n], figure_path,
@@ -214,6 +219,23 @@ def run_discovery(
     return discovery_metrics(positions, confident, enc["centers"], radii=radii)
 
 
+def _reconstruction_loss(name: str, device: str | torch.device) -> tuple[Any, str]:
+    """The run's reconstruction loss as `(x, rec) -> [B]` (None = summed squared error) and the name used.
+
+    A 'vgg' run without reachable ImageNet VGG16 weights falls back to MSE with a warning (the name says so).
+    """
+    if name != "vgg":
+        return None, "mse"
+    from dlp.perceptual import VGGPerceptual, VGGWeightsError
+
+    try:
+        vgg = VGGPerceptual().to(device)
+    except VGGWeightsError as exc:
+        warnings.warn(f"validation ELBO uses MSE instead of the run's VGG loss: {exc}", stacklevel=3)
+        return None, "mse (vgg weights unavailable)"
+    return (lambda x, rec: vgg(x, rec, reduction="none")), "vgg"
+
+
 def run_elbo(
     model: torch.nn.Module,
     dataset: Any,
@@ -222,8 +244,12 @@ def run_elbo(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> dict[str, float]:
-    """Both validation objectives (official, stochastic; ours, deterministic) with the run's beta weights."""
+    rec_loss: str | None = None,
+) -> tuple[dict[str, float], str]:
+    """Both validation objectives (official, stochastic; ours, deterministic) with the run's beta weights.
+
+    `rec_loss` ('mse' | 'vgg', default: the run's `rec_loss_function`). Returns (metrics, name of the rec loss used).
+    """
     from dlp.evaluation.elbo import validation_elbo
 
     cfg = dict(train_config or {})
@@ -232,13 +258,15 @@ def run_elbo(
         beta_kl=float(cfg.get("beta_kl", 1.0)),
         kl_balance=float(cfg.get("kl_balance", 1e-3)),
     )
+    loss_fn, loss_name = _reconstruction_loss(rec_loss or str(cfg.get("rec_loss_function", "mse")), device)
     loader = _loader(dataset, batch_size)
-    official = validation_elbo(model, loader, **weights, official=True, image_metrics=False, device=device, seed=seed)
-    ours = validation_elbo(model, loader, **weights, official=False, image_metrics=True, device=device)
+    common = dict(weights, rec_loss=loss_fn, device=device)
+    official = validation_elbo(model, loader, **common, official=True, image_metrics=False, seed=seed)
+    ours = validation_elbo(model, loader, **common, official=False, image_metrics=True)
     results = {f"official/{k}": v for k, v in official.items() if k not in ("num_images", "num_batches")}
     results.update({f"deterministic/{k}": v for k, v in ours.items() if k not in ("num_images", "num_batches")})
     results["num_images"] = ours["num_images"]
-    return results
+    return results, loss_name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -332,8 +360,9 @@ def evaluate_model(
             eval_set = _build_dataset(dataset, data_root, image_size, "test")
             if num_images is not None and num_images < len(eval_set):
                 eval_set = torch.utils.data.Subset(eval_set, range(num_images))
-        elbo = run_elbo(model, eval_set, train_config=train_config, batch_size=batch_size, device=device)
+        elbo, loss_name = run_elbo(model, eval_set, train_config=train_config, batch_size=batch_size, device=device)
         flat.update({f"elbo/{k}": v for k, v in elbo.items()})
+        results["elbo_rec_loss"] = loss_name
     return results
 
 
@@ -366,10 +395,10 @@ def evaluate_checkpoint(
         {"checkpoint", "dataset", "metrics": {flat name -> float}, "figures": {name -> path}}; regression errors are
         fractions of the inter-ocular distance (`format_table` shows them in %).
     """
-    from dlp.checkpoint import load_checkpoint
+    from dlp.checkpoint import load_checkpoint, read_checkpoint
 
-    model, info = load_checkpoint(checkpoint_path)
-    train_config = dict((info or {}).get("train_config") or {})
+    train_config = dict(read_checkpoint(checkpoint_path).get("train_config") or {})
+    model = load_checkpoint(checkpoint_path, map_location=device)
     dataset = train_config.get("dataset")
     if not dataset:
         raise EvaluationError(f"{checkpoint_path} records no training dataset; it cannot be evaluated automatically.")
@@ -406,7 +435,7 @@ def format_table(results: Mapping[str, Any]) -> str:
         rows.append((key, text))
     width = max((len(k) for k, _ in rows), default=6)
     header = []
-    for name in ("checkpoint", "dataset"):
+    for name in ("checkpoint", "dataset", "elbo_rec_loss"):
         if name in results:
             header.append(f"{name}: {results[name]}")
     lines = header + [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
@@ -427,10 +456,12 @@ def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("checkpoint", help="checkpoint file written by `dlp train` or `dlp convert-official`")
-    parser.add_argument("--data-root", default=None, help="dataset location (default: the one recorded in the checkpoint)")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset location (default: the one recorded in the checkpoint)")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None,
                         help="metrics to compute (default: chosen by the dataset)")
-    parser.add_argument("--out", default=None, help="write the results as JSON to this file (and the figure next to it)")
+    parser.add_argument("--out", default=None,
+                        help="write the results as JSON to this file (and the figure next to it)")
     parser.add_argument("--topk", type=int, default=10, help="number of confident particles for the top-k metrics")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")

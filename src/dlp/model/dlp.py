@@ -43,8 +43,8 @@ class Decoded:
     """A decoding of particles.
 
     rec: [B, C, H, W] reconstruction (unclamped).
-    dec_glimpses: [B, K, 4, S, S] decoded RGBA glimpses (alpha channel 0), object models only.
-    dec_objects: [B, 3, H, W] the composited objects without background, object models only.
+    dec_glimpses: [B, K, 1+C, S, S] decoded glimpses (alpha channel 0, then the C image channels), object models only.
+    dec_objects: [B, C, H, W] the composited objects without background, object models only.
     gmap: [B, 2K or 3K, F, F] decoder input maps (None in the object model's warm-up).
     """
 
@@ -66,8 +66,8 @@ class DLPOutput:
     glimpses: encoder glimpses: [B, K, C, S, S] image crops (object models) or [B, K, K, s, s] heat-map crops
         (masked models); None without a glimpse encoder.
     rec: [B, C, H, W] reconstruction (unclamped; in the object model's warm-up: objects over black).
-    dec_glimpses: [B, K, 4, S, S] decoded RGBA glimpses (alpha first), object models only.
-    dec_objects: [B, 3, H, W] composited foreground, object models only.
+    dec_glimpses: [B, K, 1+C, S, S] decoded glimpses (alpha first, then the C image channels), object models only.
+    dec_objects: [B, C, H, W] composited foreground, object models only.
     gmap: [B, 2K or 3K, F, F] decoder input maps; None in warm-up.
     """
 
@@ -124,7 +124,8 @@ class DLP(nn.Module):
         masked_decoder = cfg.dec_bone == "gauss_pointnetpp_feat"
         self.decoder = CNNDecoder((3 if masked_decoder else 2) * k, cfg.enc_channels, k + 1, cfg.in_channels,
                                   cfg.pad_mode)
-        self.glimpse_decoder = GlimpseDecoder(d, cfg.glimpse_size) if cfg.use_object_dec else None
+        # Decoded glimpses: an alpha channel, then the image channels.
+        self.glimpse_decoder = GlimpseDecoder(d, cfg.glimpse_size, 1 + cfg.in_channels) if cfg.use_object_dec else None
         init_official(self)
 
     # ------------------------------------------------------------------------------------------------------------

@@ -130,8 +130,8 @@ def paste_glimpses(patches: torch.Tensor, kp: torch.Tensor, size: int) -> torch.
 def composite(alpha: torch.Tensor, rgb: torch.Tensor, obj_on: torch.Tensor, background: torch.Tensor):
     """Alpha-composite objects in particle order (particle 0 on top) over a background.
 
-    alpha [B, K, 1, H, W], rgb [B, K, 3, H, W], obj_on [B, K], background [B, 3, H, W] ->
-    (image [B, 3, H, W], objects [B, 3, H, W]) where objects is the foreground alone. Not clamped.
+    alpha [B, K, 1, H, W], rgb [B, K, C, H, W], obj_on [B, K], background [B, C, H, W] ->
+    (image [B, C, H, W], objects [B, C, H, W]) where objects is the foreground alone. Not clamped.
     """
     masks = exclusive_coverage(obj_on[:, :, None, None, None] * alpha)
     objects = (masks * rgb).sum(dim=1)

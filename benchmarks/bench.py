@@ -1,0 +1,188 @@
+"""Speed benchmark: training step, inference and data loading for the presets, on the available device.
+
+    python benchmarks/bench.py                          # shapes and celeba presets, batch 32, Markdown table
+    python benchmarks/bench.py --presets shapes --repeats 10 --out results.md
+    python benchmarks/bench.py --device cuda --precision bf16 --compile
+
+A training step is forward + loss + backward + both Adam steps (the engine's `Trainer.train_step`, warm-up off,
+noisy masks off), on random images. Each measurement: warm-up iterations, then the median of `--repeats` timed
+runs with the min-max range. Every preset runs in its own subprocess so that the peak memory (RSS on CPU, allocated
+memory on GPU) belongs to that preset alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def worker(args) -> dict:
+    import torch
+
+    from dlp.config import TrainConfig
+    from dlp.engine.trainer import RunOptions, Trainer
+    from dlp.presets import get_preset
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    preset = get_preset(args.worker)
+    model_config = preset.model_config()
+    train_config = TrainConfig.from_dict({**preset.train, "batch_size": args.batch_size, "rec_loss_function": "mse"})
+    size = model_config.image_size
+    x = torch.rand(args.batch_size, 3, size, size, device=device)
+    result = {"preset": args.worker}
+
+    if args.mode in ("all", "train"):
+        dataset = [{"image": torch.rand(3, size, size)} for _ in range(args.batch_size)]
+        trainer = Trainer(model_config, train_config,
+                          RunOptions(output_dir=str(Path(args.tmp) / "runs"), name=args.worker, device=args.device,
+                                     precision=args.precision, compile=args.compile, progress=False),
+                          train_dataset=dataset, eval_fn=lambda *a, **k: {})
+        batch = {"image": x}
+        times = _timed(lambda: trainer.train_step(batch, "normal"), device, args.warmup, args.repeats)
+        result["train_s"] = times
+        model = trainer.accelerator.unwrap_model(trainer.model)
+    else:
+        from dlp.model import DLP
+
+        model = DLP(model_config).to(device)
+
+    if args.mode in ("all", "infer"):
+        model.eval()
+
+        def infer():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                model(x, deterministic=True)
+
+        result["infer_s"] = _timed(infer, device, args.warmup, args.repeats)
+
+    if device.type == "cuda":
+        result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def loader_throughput(args) -> list[dict]:
+    """Samples per second of the data loaders alone (no model)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from dlp.data.shapes import ShapesDataset
+
+    rows = []
+    sources = {"shapes 64px (generated)": ShapesDataset(4096, image_size=64, seed=0)}
+    try:
+        from dlp.data.video import FrameArrayDataset
+
+        array = Path(args.tmp) / "frames.npy"
+        np.save(array, np.random.randint(0, 255, (2048, 128, 128, 3), dtype=np.uint8))
+        sources["prepared array 128px (mmap)"] = FrameArrayDataset(array, split=None)
+    except ImportError:
+        pass
+    for name, dataset in sources.items():
+        for workers in sorted({0, args.loader_workers}):
+            loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                                drop_last=True)
+            start, n = time.perf_counter(), 0
+            for batch in loader:
+                n += batch["image"].shape[0]
+                if n >= 2048:
+                    break
+            rows.append({"source": name, "workers": workers, "samples_per_s": n / (time.perf_counter() - start)})
+    return rows
+
+
+def _fmt(times: list[float] | None) -> str:
+    if not times:
+        return "–"
+    return f"{statistics.median(times):.3f} ({min(times):.3f}–{max(times):.3f})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["shapes", "celeba"])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--loader-workers", type=int, default=2)
+    p.add_argument("--mode", default="all", choices=("all", "train", "infer"))
+    p.add_argument("--out", default=None, help="also write the Markdown table to this file")
+    p.add_argument("--tmp", default="/tmp/dlp-bench")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    Path(args.tmp).mkdir(parents=True, exist_ok=True)
+
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    results = []
+    for preset in args.presets:
+        cmd = [sys.executable, __file__, "--worker", preset] + [
+            a for a in sys.argv[1:] if a not in args.presets and a != "--presets"
+        ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"benchmark of {preset} failed:\n{proc.stderr[-3000:]}")
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.device == "cpu":  # ru_maxrss of the largest child so far, in KiB on Linux
+            row["peak_mem_gb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+        results.append(row)
+
+    import torch
+
+    machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+               if args.device == "cpu" else torch.cuda.get_device_name(0))
+    lines = [f"Device: {args.device} ({machine}); batch {args.batch_size}; precision {args.precision}"
+             f"{'; torch.compile' if args.compile else ''}; median (min–max) of {args.repeats} runs.", "",
+             "| preset | train step (s) | inference (s) | peak memory (GB) |", "|---|---|---|---|"]
+    for row in results:
+        lines.append(f"| {row['preset']} | {_fmt(row.get('train_s'))} | {_fmt(row.get('infer_s'))} | "
+                     f"{row.get('peak_mem_gb', float('nan')):.2f} |")
+    if args.mode == "all":
+        lines += ["", "| data source | workers | samples/s |", "|---|---|---|"]
+        for row in loader_throughput(args):
+            lines.append(f"| {row['source']} | {row['workers']} | {row['samples_per_s']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

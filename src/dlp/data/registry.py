@@ -1,0 +1,212 @@
+"""`build_dataset(name, ...)`: one entry point from a training config to a torch Dataset.
+
+Every dataset yields dict items with at least "image" ([3, S, S] float in [0, 1]), plus "image_prior" when pairs are
+requested and "landmarks" when the data has them. Builders are registered with `@register_dataset(name)` and called
+as `builder(data_root, image_size=..., split=..., use_tps=..., use_pairs=..., seed=..., num_images=...)`, with
+`data_root` an existing Path or None and `num_images` None or a cap (generated datasets use it as their size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset, Subset
+
+from dlp.data.celeba import CelebADataset
+from dlp.data.common import DatasetError, DatasetNotFoundError, face_work_size, is_video_file
+from dlp.data.folder import ImageFolderDataset
+from dlp.data.landmarks import LandmarkFolderDataset, read_splits_csv
+from dlp.data.tps import dlp_warper
+from dlp.data.video import FrameArrayDataset, find_sources
+
+DatasetBuilder = Callable[..., Dataset]
+_BUILDERS: dict[str, DatasetBuilder] = {}
+_SPLIT_TAGS = {"train": ("_train",), "valid": ("_valid", "_val")}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator adding a builder under `name`."""
+    def add(builder: DatasetBuilder) -> DatasetBuilder:
+        _BUILDERS[name] = builder
+        return builder
+    return add
+
+
+def list_datasets() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, split: str | None = "train",
+                  use_tps: bool = False, use_pairs: bool = False, seed: int = 0,
+                  num_images: int | None = None) -> Dataset:
+    """Build the dataset `name` (see `list_datasets()`).
+
+    Per dataset ('train' / 'test' work everywhere except 'folder', so generic code can ask for them):
+      * 'celeba': DVE-layout CelebA folder; split 'train' (CelebA train minus MAFL) | 'mafl_train' | 'mafl_test'
+        ('test' and 'valid' mean 'mafl_test').
+      * 'landmarks': a landmark folder (e.g. celeba-mini); split None, 'train', 'test' or any name in splits.csv
+        ('train' without splits.csv means every image; 'valid' means 'test' when splits.csv has no 'valid').
+      * 'clevrer', 'traffic': a prepared .npy or a folder holding one; split 'train' | 'valid' | None ('test' means
+        'valid'). A folder with `*_train.npy` / `*_valid.npy` gives one file per split (the official CLEVRER
+        files); a single array is split by video (sidecar) or 90/10 in time.
+      * 'folder': any folder of images; split 'train' or None (everything).
+
+    `num_images` keeps only the first `num_images` items of a real dataset (quick runs, capped evaluation).
+
+    TPS (still images and frames): `use_tps` adds the official DLP warps, `use_pairs` with it returns the strong warp
+    as "image_prior" and the light warp as "image". `use_pairs` without `use_tps` gives consecutive-frame pairs for
+    video datasets. Warps draw from torch's global RNG (seeded by the trainer and per DataLoader worker); `seed` is
+    for generated datasets.
+    """
+    builder = _BUILDERS.get(name)
+    if builder is None:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}.")
+    root = None
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.exists():
+            raise DatasetNotFoundError(f"data_root {root} for dataset {name!r} does not exist; check the path.")
+    if num_images is not None and num_images < 1:
+        raise DatasetError(f"num_images must be a positive integer or None, got {num_images}.")
+    return builder(root, image_size=image_size, split=split, use_tps=use_tps, use_pairs=use_pairs, seed=seed,
+                   num_images=num_images)
+
+
+def _first(dataset: Dataset, num_images: int | None) -> Dataset:
+    """The first `num_images` items (all if None or larger than the dataset)."""
+    if num_images is None or num_images >= len(dataset):
+        return dataset
+    return Subset(dataset, range(num_images))
+
+
+def _require_root(root: Path | None, name: str, what: str) -> Path:
+    if root is None:
+        raise DatasetError(f"dataset {name!r} needs data_root: {what}.")
+    return root
+
+
+def _still_warper(size: int, use_tps: bool, use_pairs: bool) -> Any:
+    if use_pairs and not use_tps:
+        raise DatasetError("use_pairs on still images needs use_tps (the pair is two TPS warps of one image).")
+    return dlp_warper(size, pairs=use_pairs) if use_tps else None
+
+
+@register_dataset("celeba")
+def _celeba(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+            num_images: int | None) -> Dataset:
+    root = _require_root(root, "celeba", "the CelebA folder with Img/, Anno/, Eval/ and MAFL/")
+    split = {None: "train", "test": "mafl_test", "valid": "mafl_test"}.get(split, split)
+    warper = _still_warper(face_work_size(image_size), use_tps, use_pairs)
+    return _first(CelebADataset(root, split=split, image_size=image_size, pair_warper=warper), num_images)
+
+
+@register_dataset("landmarks")
+def _landmarks(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+               num_images: int | None) -> Dataset:
+    root = _require_root(root, "landmarks", "a folder with images/ and landmarks.csv")
+    splits_csv = root / "splits.csv"
+    if split == "train" and not splits_csv.is_file():
+        split = None
+    elif split == "valid" and splits_csv.is_file() and "valid" not in set(read_splits_csv(splits_csv).values()):
+        split = "test"
+    warper = _still_warper(face_work_size(image_size), use_tps, use_pairs)
+    return _first(LandmarkFolderDataset(root, split=split, image_size=image_size, pair_warper=warper), num_images)
+
+
+@register_dataset("folder")
+def _folder(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+            num_images: int | None) -> Dataset:
+    root = _require_root(root, "folder", "a folder of images")
+    if split not in (None, "train"):
+        raise DatasetError(f"an image folder has no {split!r} split; use split='train' or None.")
+    warper = _still_warper(image_size, use_tps, use_pairs)
+    return _first(ImageFolderDataset(root, image_size, pair_warper=warper), num_images)
+
+
+def _split_tag(path: Path) -> str | None:
+    for split, suffixes in _SPLIT_TAGS.items():
+        if path.stem.endswith(suffixes):
+            return split
+    return None
+
+
+def _tagged_sibling(path: Path, split: str) -> Path | None:
+    base = path.stem[: path.stem.rfind("_")]
+    for suffix in _SPLIT_TAGS[split]:
+        candidate = path.with_name(f"{base}{suffix}.npy")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_frame_array(root: Path, name: str, split: str | None) -> tuple[Path, str | None]:
+    """(the .npy to read, the split to apply inside it) for a file or folder given as data_root."""
+    prepare_hint = f"run `dlp prepare {name} {root} OUT.npy` first and pass OUT.npy"
+    if root.is_file():
+        if root.suffix != ".npy":
+            hint = prepare_hint if is_video_file(root) else "pass a prepared .npy frame array"
+            raise DatasetError(f"{root} is not a .npy frame array; {hint}.")
+        tag = _split_tag(root)
+        if tag is None or split is None or split == tag:
+            return root, (split if tag is None else None)
+        sibling = _tagged_sibling(root, split)
+        if sibling is None:
+            raise DatasetError(f"{root} holds the {tag!r} frames and there is no matching {split!r} file beside it; "
+                               "pass the folder holding both or an untagged array.")
+        return sibling, None
+    arrays = sorted(root.glob("*.npy"))
+    if not arrays:
+        try:
+            find_sources(root)
+        except DatasetError:
+            raise DatasetError(f"{root} holds no .npy frame array; {prepare_hint}.") from None
+        raise DatasetError(f"{root} holds raw videos or frames, not a prepared array; {prepare_hint}.")
+    tagged = {_split_tag(p): p for p in arrays if _split_tag(p)}
+    untagged = [p for p in arrays if not _split_tag(p)]
+    if split in tagged:
+        return tagged[split], None
+    if len(untagged) == 1:
+        return untagged[0], split
+    if untagged:
+        names = ", ".join(p.name for p in untagged)
+        raise DatasetError(f"{root} holds several frame arrays ({names}); pass the one to use as data_root.")
+    raise DatasetError(f"{root} has no frame array for split {split!r} (found {', '.join(p.name for p in arrays)}).")
+
+
+def _frames(name: str) -> DatasetBuilder:
+    def build(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+              num_images: int | None) -> Dataset:
+        root = _require_root(root, name, f"a prepared .npy (see `dlp prepare {name}`) or a folder holding one")
+        npy, inner_split = resolve_frame_array(root, name, "valid" if split == "test" else split)
+        warper = dlp_warper(image_size, pairs=use_pairs, video=True) if use_tps else None
+        mode = "pairs" if use_pairs and not use_tps else "single"
+        dataset = FrameArrayDataset(npy, split=inner_split, mode=mode, image_size=image_size, warper=warper)
+        return _first(dataset, num_images)
+    build.__name__ = f"_{name}"
+    return build
+
+
+register_dataset("clevrer")(_frames("clevrer"))
+register_dataset("traffic")(_frames("traffic"))
+
+
+SHAPES_TRAIN_IMAGES = 40_000  # the official `train_dlp.py` size
+SHAPES_VALID_IMAGES = 1_000
+# Held-out splits use seeds far from the training seed, so they never repeat training images.
+_SHAPES_SPLIT_SEED = {"train": 0, "valid": 1_000_003, "test": 1_000_003}
+
+
+@register_dataset("shapes")
+def _shapes(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+            num_images: int | None) -> Dataset:
+    from dlp.data.shapes import ShapesDataset
+
+    if use_tps or use_pairs:
+        raise DatasetError("the shapes dataset has no TPS pairs; drop --use_tps/--use_pairs.")
+    split = split or "train"
+    if split not in _SHAPES_SPLIT_SEED:
+        raise DatasetError(f"the shapes dataset has no {split!r} split; use 'train', 'valid' or 'test'.")
+    default = SHAPES_TRAIN_IMAGES if split == "train" else SHAPES_VALID_IMAGES
+    return ShapesDataset(num_images or default, image_size=image_size, seed=seed + _SHAPES_SPLIT_SEED[split])

@@ -39,3 +39,12 @@ def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Data transforms are many tiny tensor ops: intra-op threads only add overhead (as in DataLoader workers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -219,14 +219,14 @@ def test_dlp_config_coerces_numeric_strings():
 
 
 def test_dlp_config_rejects_non_numeric_strings():
-    with pytest.raises(ConfigError, match=r"sigma must be a float, got 'wide'"):
+    with pytest.raises(ConfigError, match=r"sigma must be a number, got 'wide'"):
         tiny_config("masked", sigma="wide")
-    with pytest.raises(ConfigError, match=r"n_kp_enc must be a int, got 4.5"):
+    with pytest.raises(ConfigError, match=r"n_kp_enc must be an? int, got 4.5"):
         tiny_config("masked", n_kp_enc=4.5)
 
 
 def test_train_config_coerces_numeric_strings():
     cfg = TrainConfig(lr="1e-3", batch_size="8")
     assert cfg.lr == 1e-3 and cfg.batch_size == 8
-    with pytest.raises(ConfigError, match=r"lr must be a float, got 'fast'"):
+    with pytest.raises(ConfigError, match=r"lr must be a number, got 'fast'"):
         TrainConfig(lr="fast")

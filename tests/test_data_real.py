@@ -21,20 +21,14 @@ from dlp.data import (
 )
 from dlp.data.common import square_box
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBA_MINI = DATA / "celeba-mini"
 SAMPLES = DATA / "samples"
 
 needs_celeba_mini = pytest.mark.skipif(not (CELEBA_MINI / "landmarks.csv").is_file(), reason="no shared celeba-mini")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Data transforms are many tiny tensor ops: intra-op threads only add overhead (as in DataLoader workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def raw_landmarks(names: list[str]) -> dict[str, np.ndarray]:

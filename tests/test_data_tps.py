@@ -8,17 +8,11 @@ import torch
 from dlp.data import DatasetError, LandmarkFolderDataset, Warper, WarperSingle, dlp_warper
 from dlp.data.tps import random_tps_weights
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SIZE, CROP = 160, 16
 DOTS = torch.tensor([[70.0, 90.0], [60.0, 58.0], [100.0, 104.0], [85.0, 70.0]])  # (x, y) pixels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Data transforms are many tiny tensor ops: intra-op threads only add overhead (as in DataLoader workers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dot_image(points: torch.Tensor, size: int = SIZE) -> torch.Tensor:

@@ -17,6 +17,8 @@ from dlp.data.common import crop_resize
 from dlp.data.prepare import configure_parser
 from dlp.data.video import traffic_box
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLEVRER_VIDEOS = DATA / "clevrer-mini" / "videos"
 TRAFFIC = DATA / "traffic-mini"
@@ -24,13 +26,6 @@ TRAFFIC = DATA / "traffic-mini"
 needs_clevrer = pytest.mark.skipif(not CLEVRER_VIDEOS.is_dir(), reason="no shared clevrer-mini")
 needs_traffic = pytest.mark.skipif(not TRAFFIC.is_dir(), reason="no shared traffic-mini")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def decode_frame(video: Path, index: int) -> Image.Image:

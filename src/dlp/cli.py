@@ -11,8 +11,11 @@ from dlp import __version__
 # Each module contributes its sub-command(s) through `configure_parser(subparsers)`.
 COMMAND_MODULES = (
     "dlp.engine.cli",
+    "dlp.evaluation.runner",
+    "dlp.data.prepare",
     "dlp.presets_cli",
     "dlp.compat.cli",
+    "dlp.demo.cli",
 )
 
 

@@ -52,7 +52,8 @@ def _coerce_fields(obj: Any) -> None:
             else:
                 coerced = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{f.name} must be a {kind.__name__}, got {value!r}.") from None
+            noun = {"int": "an integer", "float": "a number", "bool": "true or false"}[kind.__name__]
+            raise ConfigError(f"{f.name} must be {noun}, got {value!r}.") from None
         setattr(obj, f.name, coerced)
 
 

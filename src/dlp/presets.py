@@ -2,7 +2,7 @@
 
 >>> from dlp import create_model, list_presets
 >>> list_presets()
-['celeba', 'celeba64', 'clevrer', 'shapes', 'traffic']
+['celeba', 'celeba64', 'clevrer', 'shapes', 'shapes-quick', 'traffic']
 >>> model = create_model("shapes", n_kp_enc=8)   # any DLPConfig field can be overridden
 """
 
@@ -167,29 +167,33 @@ def _shapes() -> Preset:
 
 
 @register_preset
+def _shapes_quick() -> Preset:
+    """The quick-start run of `make train`: the `shapes` model on a few CPU minutes (about 600 steps).
+
+    Same architecture and loss weights as `shapes`; epochs of 2000 generated images (batch 32) so that the warm-up
+    epoch, the noisy-mask epochs (1-4) and five normal epochs all fit in the budget.
+    """
+    shapes = get_preset("shapes")
+    return Preset(
+        name="shapes-quick",
+        description="Random shapes 64x64, object model; a few minutes on a CPU",
+        model=dict(shapes.model),
+        train=dict(shapes.train, batch_size=32, num_epochs=10, eval_freq=2, num_train_images=2000,
+                   lr_milestones=(8,)),
+    )
+
+
+@register_preset
 def _celeba64() -> Preset:
     """The CelebA masked model at 64x64 for CPU-sized experiments (celeba-mini or any landmark folder).
 
     The encoder loses one stage so that the feature map stays 16x16; anchor_s=0.125 gives 8-pixel glimpses.
     """
+    celeba = get_preset("celeba")
     return Preset(
         name="celeba64",
         description="Faces 64x64, masked model, 30 particles, MSE loss (CPU-sized)",
-        model=dict(
-            image_size=64,
-            enc_channels=(32, 64, 128),
-            prior_channels=(16, 32, 64),
-            dec_bone="gauss_pointnetpp_feat",
-            use_object_enc=True,
-            use_object_dec=False,
-            n_kp_enc=30,
-            n_kp_prior=50,
-            patch_size=8,
-            learned_feature_dim=10,
-            anchor_s=0.125,
-        ),
-        train=dict(
-            dataset="landmarks", lr=2e-4, batch_size=32, beta_kl=40.0, kl_balance=1e-3, rec_loss_function="mse",
-            warmup_epoch=0, lr_milestones=(50, 100, 200), topk=10,
-        ),
+        model=dict(celeba.model, image_size=64, enc_channels=(32, 64, 128)),
+        train=dict(celeba.train, dataset="landmarks", batch_size=32, rec_loss_function="mse", use_tps=False,
+                   use_pairs=False),
     )

@@ -119,6 +119,8 @@ def configure_parser(subparsers) -> None:
     p.add_argument("--log-with", choices=("tensorboard",), default=None, help="also log to TensorBoard")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="GPU mixed precision")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back when unavailable)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format for the convolutions (same math, faster on CPUs and GPUs)")
     p.add_argument("--vgg-weights", default=os.environ.get("DLP_VGG_WEIGHTS"),
                    help="VGG16 ImageNet weights for -v vgg (default: $DLP_VGG_WEIGHTS, the torch hub cache, download)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -218,7 +220,8 @@ def run_train(args: argparse.Namespace) -> int:
         name = f"{preset_name}{args.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(output_dir=args.output_dir, name=name, device=args.device, resume=args.resume,
                          max_steps=args.max_steps, num_workers=args.num_workers, log_with=args.log_with,
-                         precision=args.precision, compile=args.compile, vgg_weights=args.vgg_weights,
+                         precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+                         vgg_weights=args.vgg_weights,
                          progress=args.progress)
     trainer = Trainer(model_config, train_config, options)
     result = trainer.fit()

@@ -74,7 +74,7 @@ class GlimpseEncoder(nn.Module):
         b, k = kp.shape[:2]
         glimpses = extract_glimpses(source, kp, self.side, exclusive=exclusive, obj_on=obj_on)  # [B, K, C, s, s]
         if self.cnn is not None:
-            codes = self.cnn(glimpses.flatten(0, 1)).view(b, k, -1)
+            codes = self.cnn(glimpses.flatten(0, 1)).reshape(b, k, -1)
         else:
             codes = torch.cat([glimpses.reshape(b, k, -1), kp], dim=-1)
         mu, logvar = self.fc(codes).chunk(2, dim=-1)
@@ -173,4 +173,4 @@ class GlimpseDecoder(nn.Module):
         b, k, _ = z_features.shape
         h = self.fc(z_features.reshape(b * k, -1)).view(b * k, 32, 8, 8)
         out = torch.sigmoid(self.final(self.blocks(h)))
-        return out.view(b, k, self.out_channels, self.side, self.side)
+        return out.reshape(b, k, self.out_channels, self.side, self.side)

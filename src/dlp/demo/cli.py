@@ -1,0 +1,249 @@
+"""`dlp demo`: move, switch and re-style the particles of one image and watch the reconstruction follow.
+
+    dlp demo --checkpoint runs/x/checkpoints/best.pt -d celeba -i 3            # window on samples/celeb/3.jpg
+    dlp demo --checkpoint model.pt --image face.jpg --backend TkAgg             # window on your own image
+    dlp demo --checkpoint model.pt -d clevrer -i 1 --edit "3:dx=0.2,dy=-0.1" --edit "5:on=0" --save out.png
+
+With --edit or --save nothing is shown: the edits are applied and the reconstruction (PNG) and the particle table
+(JSON, next to the PNG) are written; --figure also renders the whole demo figure without a screen.
+
+Sample images are pre-processed as in the official demo: celeba -> the CelebA face square (rows 30..207 of a
+178x218 image) resized to 160 and cropped 16 px per side (128 px; other model sizes proportionally), traffic -> the
+crop (60, 0, 480, 420) of a 512x512 frame, clevrer -> the whole frame; both resized (bicubic) to the model's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from dlp.data.common import DatasetError
+
+SAMPLE_FOLDERS = {"celeba": "celeb", "traffic": "traffic", "clevrer": "clevrer"}
+PREPROCESS = ("auto", "celeba", "traffic", "clevrer", "center")
+# train_config["dataset"] of a checkpoint -> the pre-processing its images had
+DATASET_PREPROCESS = {"celeba": "celeba", "landmarks": "celeba", "traffic": "traffic", "clevrer": "clevrer"}
+
+
+class DemoError(ValueError):
+    """Bad `dlp demo` arguments (one sentence: what is wrong and how to fix it)."""
+
+
+def configure_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="interactive particle demo (or headless edits with --edit/--save)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint written by dlp train or "
+                   "dlp convert-official (the model config is read from it)")
+    src = p.add_argument_group("image (one of)")
+    src.add_argument("--image", metavar="FILE", help="an image file of yours")
+    src.add_argument("-d", "--dataset", choices=sorted(SAMPLE_FOLDERS), help="use an official sample image of this "
+                     "dataset (with --image: pre-process the file like this dataset)")
+    src.add_argument("-i", "--index", type=int, default=None, metavar="N",
+                     help="the N-th sample image, 1-based (1 = 1.jpg; default 1); clamped to the samples there")
+    p.add_argument("--samples-dir", metavar="DIR", help="folder with celeb/, traffic/, clevrer/ sample images "
+                   "(default: $DLP_SAMPLES_DIR, else ../shared/data/samples if it exists)")
+    p.add_argument("--preprocess", choices=PREPROCESS, default="auto",
+                   help="pre-processing of --image: auto (from -d or the checkpoint's training dataset, else center), "
+                        "celeba, traffic, clevrer, center (centre square crop)")
+    p.add_argument("--edit", action="append", default=[], metavar="SPEC",
+                   help='edit a particle, e.g. "3:dx=0.2,dy=-0.1", "0:x=40,y=12" (pixels), "5:f2=0.5", "2:on=0", '
+                        '"bg:f0=1" (background features); repeatable; runs headless')
+    p.add_argument("--save", metavar="PNG", help="write the reconstruction here and the particle table next to it "
+                   "(.json); runs headless (default with --edit: dlp_demo.png)")
+    p.add_argument("--figure", metavar="PNG", help="also render the whole demo figure to this file (headless)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="hide particles whose confidence (obj_on for object models, -sum logvar for masked ones) "
+                        "is below T")
+    p.add_argument("--backend", metavar="NAME", help="matplotlib backend for the window, e.g. TkAgg, QtAgg, "
+                   "MacOSX (default: matplotlib's choice / $MPLBACKEND)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# images
+
+def default_samples_dir() -> Path | None:
+    """$DLP_SAMPLES_DIR, else ../shared/data/samples (from the working directory, then from the repository)."""
+    env = os.environ.get("DLP_SAMPLES_DIR")
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[3]  # src/dlp/demo/cli.py -> repository root (editable installs)
+    for candidate in (Path.cwd().parent / "shared" / "data" / "samples", repo.parent / "shared" / "data" / "samples"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def sample_path(samples_dir: Path | None, dataset: str, index: int | None) -> Path:
+    """The `index`-th (1-based) sample image of `dataset`: the file named `<index>.*` or else the index-th in order.
+
+    An index past the last image is clamped to it (as the official demo does), with a note on stderr.
+    """
+    from dlp.data.common import frame_sort_key, is_image_file
+
+    if samples_dir is None:
+        raise DemoError("no samples folder found; pass --samples-dir DIR, set DLP_SAMPLES_DIR, or use --image FILE.")
+    folder = Path(samples_dir) / SAMPLE_FOLDERS[dataset]
+    if not folder.is_dir():
+        raise DemoError(f"the samples folder {folder} does not exist; point --samples-dir at the folder holding "
+                        f"{SAMPLE_FOLDERS[dataset]}/ or use --image FILE.")
+    files = sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)), key=frame_sort_key)
+    if not files:
+        raise DemoError(f"{folder} holds no images; add some or use --image FILE.")
+    index = 1 if index is None else index
+    if index < 1:
+        raise DemoError(f"sample index {index} is out of range: indices are 1-based (1 = {files[0].name}, "
+                        f"up to {len(files)}).")
+    if index > len(files):
+        print(f"dlp demo: sample index {index} is out of range for {folder} ({len(files)} images); "
+              f"using {len(files)}.", file=sys.stderr)
+        index = len(files)
+    named = [p for p in files if p.stem == str(index)]
+    return named[0] if named else files[index - 1]
+
+
+def preprocess(img, size: int, how: str) -> torch.Tensor:
+    """PIL RGB image -> [3, size, size] float in [0, 1], the official demo's pre-processing for `how`."""
+    from PIL import Image
+
+    from dlp.data.common import (
+        TRAFFIC_ALIGN,
+        TRAFFIC_SIDE_FRACTION,
+        crop_resize,
+        face_transform,
+        pil_to_tensor,
+        square_box,
+    )
+
+    bicubic = Image.Resampling.BICUBIC
+    if how == "celeba":
+        return face_transform(size)(img)["image"]
+    if how == "traffic":
+        box = square_box(img.width, img.height, side_fraction=TRAFFIC_SIDE_FRACTION, align=TRAFFIC_ALIGN)
+        return pil_to_tensor(crop_resize(img, box, size, bicubic))
+    if how == "clevrer":
+        return pil_to_tensor(crop_resize(img, None, size, bicubic))
+    if how == "center":
+        return pil_to_tensor(crop_resize(img, square_box(img.width, img.height), size, bicubic))
+    raise DemoError(f"unknown pre-processing {how!r}; use one of {', '.join(PREPROCESS)}.")
+
+
+def load_image(args: argparse.Namespace, size: int, train_dataset: str | None) -> tuple[torch.Tensor, Path]:
+    from dlp.data.common import load_rgb
+
+    if args.image is not None:
+        if args.index is not None:
+            raise DemoError("--index picks a sample image and cannot be combined with --image; drop one of them.")
+        path = Path(args.image).expanduser()
+        if not path.is_file():
+            raise DemoError(f"image {path} does not exist; check the path.")
+        how = args.preprocess
+        if how == "auto":
+            how = args.dataset or DATASET_PREPROCESS.get(train_dataset or "", "center")
+    elif args.dataset is not None:
+        samples = Path(args.samples_dir).expanduser() if args.samples_dir else default_samples_dir()
+        if args.samples_dir and not samples.is_dir():
+            raise DemoError(f"the samples folder {samples} does not exist; check --samples-dir.")
+        path = sample_path(samples, args.dataset, args.index)
+        how = args.dataset if args.preprocess == "auto" else args.preprocess
+    else:
+        raise DemoError("no image given; pass --image FILE or -d celeba|traffic|clevrer [-i N].")
+    return preprocess(load_rgb(path), size, how), path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda was requested but no CUDA device is available; use --device cpu.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _interactive_backend() -> bool:
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    try:
+        from matplotlib.backends import BackendFilter, backend_registry
+
+        interactive = {b.lower() for b in backend_registry.list_builtin(BackendFilter.INTERACTIVE)}
+        if backend in interactive:
+            return True
+    except ImportError:  # matplotlib < 3.9
+        from matplotlib import rcsetup
+
+        if backend in {b.lower() for b in rcsetup.interactive_bk}:
+            return True
+    return backend.startswith("module://") and "inline" not in backend
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlp.checkpoint import load_checkpoint, read_checkpoint
+    from dlp.demo.state import DemoState, parse_edit
+
+    edits = [parse_edit(text) for text in args.edit]  # syntax errors before any heavy work
+    checkpoint = Path(args.checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise DemoError(f"checkpoint {checkpoint} does not exist; pass a .pt file written by `dlp train`.")
+    device = _device(args.device)
+    payload_dataset = (read_checkpoint(checkpoint).get("train_config") or {}).get("dataset")
+    model = load_checkpoint(checkpoint, map_location=device)
+    cfg = model.config
+    if cfg.in_channels != 3:
+        raise DemoError(f"the demo shows RGB images, but this model has {cfg.in_channels} input channels.")
+    try:
+        image, image_path = load_image(args, cfg.image_size, payload_dataset)
+    except DatasetError as exc:
+        raise DemoError(str(exc)) from None
+    state = DemoState(model, image)
+    for edit in edits:
+        state.apply(edit)
+    title = f"{checkpoint.name} on {image_path.name}"
+
+    headless = bool(edits or args.save or args.figure)
+    if headless:
+        if args.save or edits:
+            png = Path(args.save or "dlp_demo.png")
+            png, js = state.save(png, png.with_suffix(".json"), threshold=args.threshold)
+            print(f"reconstruction: {png}\nparticles: {js}")
+        if args.figure:
+            from dlp.demo.window import DemoWindow
+
+            window = DemoWindow(state, threshold=args.threshold, title=title, headless=True)
+            print(f"figure: {window.save_figure(args.figure)}")
+        return 0
+
+    import matplotlib
+
+    try:
+        # without --backend pyplot resolves the user's default / $MPLBACKEND, else TkAgg, QtAgg, MacOSX ... when a
+        # display is there, Agg when not
+        import matplotlib.pyplot as plt
+
+        if args.backend:
+            plt.switch_backend(args.backend)
+    except (ImportError, ValueError) as exc:
+        what = f"matplotlib backend {args.backend!r}" if args.backend else "matplotlib's default backend"
+        raise DemoError(f"{what} cannot be used here ({exc}); try another --backend (TkAgg, QtAgg) or run headless "
+                        "with --edit/--save/--figure.") from None
+
+    if not _interactive_backend():
+        raise DemoError(f"matplotlib has no interactive backend here (it uses {matplotlib.get_backend()}): run it "
+                        "where a display is available, install tkinter or PyQt, pass --backend, or work headless "
+                        "with --edit/--save/--figure.")
+    from dlp.demo.window import DemoWindow
+
+    window = DemoWindow(state, threshold=args.threshold, title=title)
+    print(f"{title}: {state.n_particles} particles ({'object' if state.is_object_model else 'masked'} model). "
+          "Drag particles, use the sliders; keys: t toggle, r reset, n/p next/previous, s save.", flush=True)
+    window.show()
+    plt.close(window.fig)
+    return 0

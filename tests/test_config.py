@@ -221,7 +221,7 @@ def test_dlp_config_coerces_numeric_strings():
 def test_dlp_config_rejects_non_numeric_strings():
     with pytest.raises(ConfigError, match=r"sigma must be a number, got 'wide'"):
         tiny_config("masked", sigma="wide")
-    with pytest.raises(ConfigError, match=r"n_kp_enc must be an? int, got 4.5"):
+    with pytest.raises(ConfigError, match=r"n_kp_enc must be an integer, got 4.5"):
         tiny_config("masked", n_kp_enc=4.5)
 
 

@@ -193,6 +193,7 @@ class Trainer:
                             persistent_workers=options.num_workers > 0, generator=torch.Generator())
         self.model, self.opt_e, self.opt_d, self.loader = self.accelerator.prepare(model, self.opt_e, self.opt_d, loader)
         self.forward_model = self.model
+        self._compiled_ok = False
         if options.compile:
             self.forward_model = _try_compile(self.model)
 
@@ -308,7 +309,26 @@ class Trainer:
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             x_prior = None if x_prior is None else x_prior.contiguous(memory_format=torch.channels_last)
-        object_model = self.cfg.use_object_dec
+        self.opt_e.zero_grad(set_to_none=False)
+        self.opt_d.zero_grad(set_to_none=False)
+        if self.forward_model is not self.model and not self._compiled_ok:
+            # torch.compile fails lazily, at the first forward or backward: fall back to eager mode then.
+            try:
+                terms = self._loss_and_backward(x, x_prior, phase)
+                self._compiled_ok = True
+            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+                print(f"torch.compile failed ({type(exc).__name__}); continuing without it.")
+                self.forward_model = self.model
+                self.opt_e.zero_grad(set_to_none=False)
+                self.opt_d.zero_grad(set_to_none=False)
+                terms = self._loss_and_backward(x, x_prior, phase)
+        else:
+            terms = self._loss_and_backward(x, x_prior, phase)
+        self.opt_e.step()
+        self.opt_d.step()
+        return torch.stack([getattr(terms, k).detach().float() for k in LOSS_KEYS])
+
+    def _loss_and_backward(self, x: torch.Tensor, x_prior: torch.Tensor | None, phase: str):
         warmup = phase == "warm-up"
         with self.accelerator.autocast():
             out = self.forward_model(x, x_prior, warmup=warmup, noisy_masks=phase != "normal")
@@ -316,14 +336,10 @@ class Trainer:
                              kl_balance=self.tcfg.kl_balance, logvar_prior=self.cfg.logvar_prior, warmup=warmup,
                              rec_loss=self.rec_loss)
         loss = terms.loss
-        if warmup and object_model and self.accelerator.num_processes > 1:
+        if warmup and self.cfg.use_object_dec and self.accelerator.num_processes > 1:
             loss = loss + 0.0 * out.rec.mean()  # keeps every DDP bucket in the graph
-        self.opt_e.zero_grad(set_to_none=False)
-        self.opt_d.zero_grad(set_to_none=False)
         self.accelerator.backward(loss)
-        self.opt_e.step()
-        self.opt_d.step()
-        return torch.stack([getattr(terms, k).detach().float() for k in LOSS_KEYS])
+        return terms
 
     def fit(self) -> TrainResult:
         from tqdm.auto import tqdm

@@ -94,7 +94,6 @@ def worker(args) -> dict:
 def loader_throughput(args) -> list[dict]:
     """Samples per second of the data loaders alone (no model)."""
     import numpy as np
-    import torch
     from torch.utils.data import DataLoader
 
     from dlp.data.shapes import ShapesDataset

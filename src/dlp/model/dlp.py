@@ -146,7 +146,7 @@ class DLP(nn.Module):
     def _encode_features(self, x, mu, z, heatmap, obj_on):
         """Visual features of the K foreground particles and the background particle: ([B, K+1, D] x 2, glimpses)."""
         cfg = self.config
-        b, k, fmap = heatmap.shape[0], cfg.n_kp_enc, cfg.feature_map_size
+        k, fmap = cfg.n_kp_enc, cfg.feature_map_size
         hm = heatmap.detach()
         kp = mu[:, :k].detach()
         if self.glimpse_encoder is None:
@@ -241,7 +241,6 @@ class DLP(nn.Module):
             official early-training phase. (Masked models have neither, so both flags are no-ops there.)
         """
         self._check_input(x)
-        cfg = self.config
         object_model = self.glimpse_decoder is not None
         noisy = noisy_masks and object_model
         kp_prior, _ = self.prior(x if x_prior is None else x_prior)

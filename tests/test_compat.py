@@ -181,3 +181,39 @@ def test_set_accepts_exponent_floats(fixture, tmp_path, capsys):
                        "-o", str(tmp_path / "o.pt")], capsys)
     assert rc == 0, err
     assert load_checkpoint(tmp_path / "o.pt").config.sigma == pytest.approx(0.1)
+
+
+REFERENCE = PARITY_DIR.parents[1] / "reference" / "dlp-v1-behaviour.md"
+
+
+def _official_listings() -> dict[str, dict[str, tuple[int, ...]]]:
+    """The official state-dict key listings (§8.6 of the reference): {preset: {key: shape}}."""
+    import re
+
+    text = REFERENCE.read_text()
+    section = text[text.index("### 8.6"):text.index("## 9.")]
+    parts = re.split(r"#### (\w+)\n", section)[1:]
+    listings = {}
+    for name, body in zip(parts[::2], parts[1::2]):
+        keys: dict[str, tuple[int, ...]] = {}
+        for key, rest in re.findall(r"^([\w.]+): (.*)$", body, flags=re.M):
+            if rest.startswith("BN("):
+                size = (int(rest[3:].split(",")[0]),)
+                for stat in ("weight", "bias", "running_mean", "running_var"):
+                    keys[f"{key}.{stat}"] = size
+                keys[f"{key}.num_batches_tracked"] = ()
+            for param, shape in re.findall(r"(weight|bias)\(([\d, ]+)\)", rest):
+                keys[f"{key}.{param}"] = tuple(int(s) for s in shape.split(",") if s.strip())
+        listings[name] = keys
+    return listings
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason="reference listing not found next to the repository")
+@pytest.mark.parametrize("preset", ["celeba", "clevrer", "traffic", "shapes"])
+def test_presets_export_exactly_the_official_key_layout(preset):
+    from dlp.compat.official import to_official_state_dict
+    from dlp.presets import create_model
+
+    expected = _official_listings()[preset]
+    ours = {key: tuple(value.shape) for key, value in to_official_state_dict(create_model(preset)).items()}
+    assert ours == expected

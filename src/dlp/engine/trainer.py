@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dlp.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from dlp.config import ConfigError, DLPConfig, TrainConfig
+from dlp.engine.allocator import retain_freed_memory
 from dlp.losses import dlp_loss
 from dlp.model import DLP
 
@@ -153,6 +154,8 @@ class Trainer:
         if mixed is None:
             raise ConfigError(f"--precision must be fp32, bf16 or fp16, got {options.precision!r}.")
         use_cpu = options.device == "cpu" or not torch.cuda.is_available()
+        if use_cpu:
+            retain_freed_memory()
         if mixed != "no" and use_cpu:
             raise ConfigError("--precision bf16/fp16 is for GPUs; use --precision fp32 on the CPU.")
         self.accelerator = Accelerator(

@@ -40,6 +40,9 @@ class ConvBlock(nn.Module):
             x = F.pad(x, (self.pad,) * 4, mode="replicate")
         x = self.act(self.norm(self.conv(x)))
         if self.upsample:
+            # PyTorch's CPU bilinear kernel is an order of magnitude faster on channels-last tensors (its NCHW path
+            # round-trips through copies); the values are identical.
+            x = x.contiguous(memory_format=torch.channels_last)
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return x
 

@@ -3,6 +3,7 @@
     python benchmarks/bench.py                          # shapes and celeba presets, batch 32, Markdown table
     python benchmarks/bench.py --presets shapes --repeats 10 --out results.md
     python benchmarks/bench.py --device cuda --precision bf16 --compile
+    python benchmarks/bench.py --mode train --profile  # + where the training step spends its time
 
 A training step is forward + loss + backward + both Adam steps (the engine's `Trainer.train_step`, warm-up off,
 noisy masks off), on random images. Each measurement: warm-up iterations, then the median of `--repeats` timed
@@ -71,6 +72,8 @@ def worker(args) -> dict:
         batch = {"image": x}
         times = _timed(lambda: trainer.train_step(batch, "normal"), device, args.warmup, args.repeats)
         result["train_s"] = times
+        if args.profile:
+            result["profile_ms"] = _profile_step(lambda: trainer.train_step(batch, "normal"))
         model = trainer.accelerator.unwrap_model(trainer.model)
     else:
         from dlp.model import DLP
@@ -89,6 +92,28 @@ def worker(args) -> dict:
     if device.type == "cuda":
         result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return result
+
+
+_PROFILE_GROUPS = {
+    "convolutions": ("convolution", "conv2d", "mkldnn_conv"),
+    "batch norm": ("batch_norm",),
+    "linear layers": ("aten::mm", "aten::addmm", "aten::bmm"),
+}
+
+
+def _profile_step(step, steps: int = 3) -> dict[str, float]:
+    """Self CPU time of one training step by operator group, in ms (the profile behind the speed figures)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    totals = dict.fromkeys([*_PROFILE_GROUPS, "everything else"], 0.0)
+    for event in prof.key_averages():
+        group = next((g for g, keys in _PROFILE_GROUPS.items() if any(key in event.key for key in keys)),
+                     "everything else")
+        totals[group] += event.self_cpu_time_total / 1e3 / steps
+    return totals
 
 
 def loader_throughput(args) -> list[dict]:
@@ -139,6 +164,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--loader-workers", type=int, default=2)
     p.add_argument("--mode", default="all", choices=("all", "train", "infer"))
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the training step and show the time per operator group")
     p.add_argument("--out", default=None, help="also write the Markdown table to this file")
     p.add_argument("--tmp", default="/tmp/dlp-bench")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -173,6 +200,15 @@ def main() -> None:
     for row in results:
         lines.append(f"| {row['preset']} | {_fmt(row.get('train_s'))} | {_fmt(row.get('infer_s'))} | "
                      f"{row.get('peak_mem_gb', float('nan')):.2f} |")
+    profiled = [row for row in results if "profile_ms" in row]
+    if profiled:
+        groups = list(profiled[0]["profile_ms"])
+        lines += ["", "Training step profile (self CPU time per step, ms; the profiler adds overhead):", "",
+                  "| preset | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
+        for row in profiled:
+            total = sum(row["profile_ms"].values())
+            lines.append(f"| {row['preset']} | " + " | ".join(
+                f"{ms:.0f} ({100 * ms / total:.0f} %)" for ms in row["profile_ms"].values()) + " |")
     if args.mode == "all":
         lines += ["", "| data source | workers | samples/s |", "|---|---|---|"]
         for row in loader_throughput(args):

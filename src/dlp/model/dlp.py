@@ -201,7 +201,7 @@ class DLP(nn.Module):
         k = cfg.n_kp_enc
         dec_glimpses = self.glimpse_decoder(z_features[:, :k])  # [B, K, 4, S, S]
         pasted = paste_glimpses(dec_glimpses, z[:, :k], cfg.image_size).clamp(0, 1)  # [B, K, 4, H, W]
-        alpha, rgb = pasted[:, :, :1], pasted[:, :, 1:]
+        alpha, rgb = pasted.split([1, pasted.shape[2] - 1], dim=2)  # split: its backward concatenates, no zero canvas
         if noisy:
             alpha = alpha + cfg.sigma * torch.randn_like(alpha) * (alpha > 0.1).to(alpha.dtype)
         rec, dec_objects = composite(alpha, rgb, obj_on, background)

@@ -44,9 +44,15 @@ def exclusive_coverage(weights: torch.Tensor) -> torch.Tensor:
     `c_i = s_i - relu(max_{1<=j<=i} s_j - 1)` with `s = cumsum(w)`. Only `w_i` inside the `min` receives gradient,
     exactly as the official sequential loop.
     """
-    w = weights.detach()
-    s = w.cumsum(dim=1)
-    running_max = s[:, 1:].cummax(dim=1).values
+    if weights.shape[1] == 1:
+        return weights
+    s = weights.detach().cumsum(dim=1)
+    # The running maximum as K elementwise maxima: `cummax` walks the strided particle dimension one element at a
+    # time and is 40x slower on a CPU for [32, 10, 1, 64, 64].
+    running = [s[:, 1]]
+    for i in range(2, s.shape[1]):
+        running.append(torch.maximum(running[-1], s[:, i]))
+    running_max = torch.stack(running, dim=1)
     coverage = torch.cat([s[:, :1], s[:, 1:] - torch.relu(running_max - 1.0)], dim=1)  # c_i
     covered_before = torch.cat([torch.zeros_like(s[:, :1]), coverage[:, :-1]], dim=1)  # c_{i-1}
     masks = torch.minimum(1.0 - covered_before, weights)

@@ -32,7 +32,8 @@ class ConvBlock(nn.Module):
             in_channels, out_channels, kernel_size, stride=stride, padding=0 if self.replicate else self.pad, bias=False
         )
         self.norm = nn.BatchNorm2d(out_channels)
-        self.act = nn.LeakyReLU(0.01) if activation == "leaky" else nn.ReLU()
+        # In place: BatchNorm keeps its own input for backward, so its output buffer can hold the activation.
+        self.act = nn.LeakyReLU(0.01, inplace=True) if activation == "leaky" else nn.ReLU(inplace=True)
         self.upsample = upsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

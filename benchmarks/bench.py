@@ -7,8 +7,8 @@
 
 A training step is forward + loss + backward + both Adam steps (the engine's `Trainer.train_step`, warm-up off,
 noisy masks off), on random images. Each measurement: warm-up iterations, then the median of `--repeats` timed
-runs with the min-max range. Every preset runs in its own subprocess so that the peak memory (RSS on CPU, allocated
-memory on GPU) belongs to that preset alone.
+runs with the min-max range. Training and inference of every preset run in their own subprocesses, so that each
+peak memory (RSS on CPU, allocated memory on GPU) belongs to that workload alone.
 """
 
 from __future__ import annotations
@@ -72,12 +72,16 @@ def worker(args) -> dict:
         batch = {"image": x}
         times = _timed(lambda: trainer.train_step(batch, "normal"), device, args.warmup, args.repeats)
         result["train_s"] = times
+        result["peak_mem_gb"] = _peak_memory_gb(device)  # before profiling, which keeps its own records
         if args.profile:
             result["profile_ms"] = _profile_step(lambda: trainer.train_step(batch, "normal"))
         model = trainer.accelerator.unwrap_model(trainer.model)
     else:
+        from dlp.engine.allocator import retain_freed_memory
         from dlp.model import DLP
 
+        if device.type == "cpu":  # as `dlp eval` does
+            retain_freed_memory()
         model = DLP(model_config).to(device)
 
     if args.mode in ("all", "infer"):
@@ -88,10 +92,16 @@ def worker(args) -> dict:
                 model(x, deterministic=True)
 
         result["infer_s"] = _timed(infer, device, args.warmup, args.repeats)
+        result["peak_mem_gb"] = _peak_memory_gb(device)
+    return result
+
+
+def _peak_memory_gb(device) -> float:
+    import torch
 
     if device.type == "cuda":
-        result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    return result
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 _PROFILE_GROUPS = {
@@ -152,6 +162,16 @@ def _fmt(times: list[float] | None) -> str:
     return f"{statistics.median(times):.3f} ({min(times):.3f}–{max(times):.3f})"
 
 
+def _fmt_gb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _forwarded_options(args) -> list[str]:
+    return ["--device", args.device, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+            "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--precision", args.precision,
+            "--tmp", args.tmp] + (["--compile"] if args.compile else []) + (["--profile"] if args.profile else [])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=["shapes", "celeba"])
@@ -176,18 +196,19 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
+    # Training and inference run in separate processes so that each peak memory belongs to that workload alone.
+    modes = ("train", "infer") if args.mode == "all" else (args.mode,)
     results = []
     for preset in args.presets:
-        cmd = [sys.executable, __file__, "--worker", preset] + [
-            a for a in sys.argv[1:] if a not in args.presets and a != "--presets"
-        ]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"benchmark of {preset} failed:\n{proc.stderr[-3000:]}")
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        if args.device == "cpu":  # ru_maxrss of the largest child so far, in KiB on Linux
-            row["peak_mem_gb"] = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 2**20
+        row = {"preset": preset}
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--worker", preset, "--mode", mode] + _forwarded_options(args)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"benchmark of {preset} ({mode}) failed:\n{proc.stderr[-3000:]}")
+            measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            row.update({key: value for key, value in measured.items() if key not in ("preset", "peak_mem_gb")})
+            row[f"{mode}_mem_gb"] = measured["peak_mem_gb"]
         results.append(row)
 
     import torch
@@ -196,10 +217,11 @@ def main() -> None:
                if args.device == "cpu" else torch.cuda.get_device_name(0))
     lines = [f"Device: {args.device} ({machine}); batch {args.batch_size}; precision {args.precision}"
              f"{'; torch.compile' if args.compile else ''}; median (min–max) of {args.repeats} runs.", "",
-             "| preset | train step (s) | inference (s) | peak memory (GB) |", "|---|---|---|---|"]
+             "| preset | train step (s) | peak memory, training (GB) | inference (s) | peak memory, inference (GB) |",
+             "|---|---|---|---|---|"]
     for row in results:
-        lines.append(f"| {row['preset']} | {_fmt(row.get('train_s'))} | {_fmt(row.get('infer_s'))} | "
-                     f"{row.get('peak_mem_gb', float('nan')):.2f} |")
+        lines.append(f"| {row['preset']} | {_fmt(row.get('train_s'))} | {_fmt_gb(row.get('train_mem_gb'))} | "
+                     f"{_fmt(row.get('infer_s'))} | {_fmt_gb(row.get('infer_mem_gb'))} |")
     profiled = [row for row in results if "profile_ms" in row]
     if profiled:
         groups = list(profiled[0]["profile_ms"])

@@ -474,6 +474,10 @@ def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if torch.device(args.device).type == "cpu":
+        from dlp.engine.allocator import retain_freed_memory
+
+        retain_freed_memory()
     results = evaluate_checkpoint(
         args.checkpoint, data_root=args.data_root, metrics=args.metrics, out=args.out, topk=args.topk,
         device=args.device, batch_size=args.batch_size, num_images=args.num_images,

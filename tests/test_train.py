@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -158,10 +159,10 @@ def test_images_of_the_wrong_size_are_refused(tmp_path):
 
 
 class _InterruptAfter(torch.utils.data.Dataset):
-    """Raises KeyboardInterrupt on the n-th item fetched, as a Ctrl-C in the middle of an epoch would."""
+    """Interrupts on the n-th item fetched, as a Ctrl-C (or a `kill`) in the middle of an epoch would."""
 
-    def __init__(self, dataset, calls):
-        self.dataset, self.calls = dataset, calls
+    def __init__(self, dataset, calls, how):
+        self.dataset, self.calls, self.how = dataset, calls, how
 
     def __len__(self):
         return len(self.dataset)
@@ -169,15 +170,19 @@ class _InterruptAfter(torch.utils.data.Dataset):
     def __getitem__(self, i):
         self.calls -= 1
         if self.calls == 0:
-            raise KeyboardInterrupt
+            if self.how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
         return self.dataset[i]
 
 
-def test_ctrl_c_saves_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_saves_last_checkpoint(tmp_path, how):
     dataset = ShapesDataset(32, image_size=32, min_size=5, max_size=7)
     trainer = Trainer(tiny_config("object"), TrainConfig(batch_size=4, num_epochs=3, warmup_epoch=0),
                       RunOptions(output_dir=str(tmp_path), name="run", device="cpu", progress=False),
-                      train_dataset=_InterruptAfter(dataset, calls=1 + 8 + 2), eval_fn=lambda *a, **k: {})
+                      train_dataset=_InterruptAfter(dataset, calls=1 + 8 + 2, how=how), eval_fn=lambda *a, **k: {})
     result = trainer.fit()
     assert result.interrupted
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -49,6 +52,23 @@ class RunOptions:
     vgg_weights: str | None = None
     progress: bool = True
     log_every: int = 10
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (what `kill`, SLURM and Kubernetes send before killing) like Ctrl-C: save last.pt, then stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def phase_of(epoch: int, warmup_epoch: int, object_model: bool) -> str:
@@ -344,6 +364,10 @@ class Trainer:
         return terms
 
     def fit(self) -> TrainResult:
+        with _sigterm_as_interrupt():
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         from tqdm.auto import tqdm
 
         tcfg, opts = self.tcfg, self.options

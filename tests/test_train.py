@@ -73,6 +73,17 @@ def _resolve(*argv: str):
     return resolve_configs(args)
 
 
+def test_resume_keeps_the_runs_dataset_and_settings(tmp_path):
+    model = DLP(tiny_config("masked"))
+    train = TrainConfig(dataset="landmarks", data_root="faces", batch_size=4, beta_kl=7.0)
+    save_checkpoint(tmp_path / "last.pt", model, train_config=train.to_dict())
+    _, model_config, resumed = _resolve("--resume", str(tmp_path / "last.pt"))
+    assert model_config == model.config
+    assert (resumed.dataset, resumed.data_root, resumed.batch_size, resumed.beta_kl) == ("landmarks", "faces", 4, 7.0)
+    _, _, moved = _resolve("--resume", str(tmp_path / "last.pt"), "--data-root", "elsewhere")
+    assert (moved.dataset, moved.data_root) == ("landmarks", "elsewhere")
+
+
 def test_typed_flags_override_only_themselves():
     preset, model, train = _resolve("-d", "shapes", "--n_kp_enc", "8", "-k", "0.5")
     assert preset == "shapes"

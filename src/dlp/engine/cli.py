@@ -157,20 +157,23 @@ def resolve_configs(args: argparse.Namespace) -> tuple[str, DLPConfig, TrainConf
         from dlp.engine.trainer import resolve_resume_path
 
         resumed = read_checkpoint(resolve_resume_path(args.resume))
-    dataset = args.dataset or file_values.get("dataset")
+    chosen_dataset = args.dataset or file_values.get("dataset")  # None: the preset's (or the resumed run's)
+    dataset = chosen_dataset
+    if resumed and dataset is None:
+        dataset = (resumed.get("train_config") or {}).get("dataset")
     preset_name = args.preset or file_values.get("preset")
     if preset_name is None:
-        if dataset is None:
-            dataset = "shapes"
-        if dataset not in DATASET_PRESETS:
+        dataset = dataset or "shapes"
+        if dataset in DATASET_PRESETS:
+            preset_name = DATASET_PRESETS[dataset]
+        elif not resumed:  # a resumed run takes everything from its checkpoint and needs no preset
             raise ConfigError(f"dataset {dataset!r} has no paper preset; choose one with --preset ({', '.join(list_presets())}).")
-        preset_name = DATASET_PRESETS[dataset]
-    preset = get_preset(preset_name)
-    model_values = dict(preset.model)
-    train_values = dict(preset.train)
     if resumed:
         model_values = dict(resumed["config"])
-        train_values = dict(resumed.get("train_config") or train_values)
+        train_values = dict(resumed.get("train_config") or get_preset(preset_name or "shapes").train)
+    else:
+        preset = get_preset(preset_name)
+        model_values, train_values = dict(preset.model), dict(preset.train)
     for key, value in file_values.items():
         if key in MODEL_KEYS:
             model_values[key] = value
@@ -180,8 +183,8 @@ def resolve_configs(args: argparse.Namespace) -> tuple[str, DLPConfig, TrainConf
         value = getattr(args, dest)
         if value is not None:
             (model_values if target == "model" else train_values)[dest] = value
-    if dataset is not None:
-        train_values["dataset"] = dataset
+    if chosen_dataset is not None:
+        train_values["dataset"] = chosen_dataset
     if args.data_root is not None:
         train_values["data_root"] = args.data_root
     if train_values.get("dataset") not in DATASETS:

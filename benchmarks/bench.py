@@ -63,7 +63,7 @@ def worker(args) -> dict:
     x = torch.rand(args.batch_size, 3, size, size, device=device)
     result = {"preset": args.worker}
 
-    if args.mode in ("all", "train"):
+    if args.mode == "train":
         dataset = [{"image": torch.rand(3, size, size)} for _ in range(args.batch_size)]
         trainer = Trainer(model_config, train_config,
                           RunOptions(output_dir=str(Path(args.tmp) / "runs"), name=args.worker, device=args.device,
@@ -75,17 +75,13 @@ def worker(args) -> dict:
         result["peak_mem_gb"] = _peak_memory_gb(device)  # before profiling, which keeps its own records
         if args.profile:
             result["profile_ms"] = _profile_step(lambda: trainer.train_step(batch, "normal"))
-        model = trainer.accelerator.unwrap_model(trainer.model)
     else:
         from dlp.engine.allocator import retain_freed_memory
         from dlp.model import DLP
 
         if device.type == "cpu":  # as `dlp eval` does
             retain_freed_memory()
-        model = DLP(model_config).to(device)
-
-    if args.mode in ("all", "infer"):
-        model.eval()
+        model = DLP(model_config).to(device).eval()
 
         def infer():
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):

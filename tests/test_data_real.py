@@ -30,7 +30,6 @@ SAMPLES = DATA / "samples"
 needs_celeba_mini = pytest.mark.skipif(not (CELEBA_MINI / "landmarks.csv").is_file(), reason="no shared celeba-mini")
 
 
-
 def raw_landmarks(names: list[str]) -> dict[str, np.ndarray]:
     """The celeba-mini CSV rows for `names`, read independently of the library: name -> [5, 2] (x, y)."""
     wanted, out = set(names), {}

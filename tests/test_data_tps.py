@@ -14,7 +14,6 @@ SIZE, CROP = 160, 16
 DOTS = torch.tensor([[70.0, 90.0], [60.0, 58.0], [100.0, 104.0], [85.0, 70.0]])  # (x, y) pixels
 
 
-
 def dot_image(points: torch.Tensor, size: int = SIZE) -> torch.Tensor:
     """[3, size, size] black image with a small bright Gaussian dot at every (x, y) point."""
     ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")

@@ -27,7 +27,6 @@ needs_clevrer = pytest.mark.skipif(not CLEVRER_VIDEOS.is_dir(), reason="no share
 needs_traffic = pytest.mark.skipif(not TRAFFIC.is_dir(), reason="no shared traffic-mini")
 
 
-
 def decode_frame(video: Path, index: int) -> Image.Image:
     """Frame `index` (0-based) of a video, decoded independently of the library."""
     import av

@@ -82,12 +82,17 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the model stored in a checkpoint (config from the file, strict state-dict load), in eval mode."""
+    return model_from_checkpoint(read_checkpoint(path, map_location), map_location, source=path)
+
+
+def model_from_checkpoint(payload: dict[str, Any], map_location: str | torch.device = "cpu", *,
+                          source: str | os.PathLike = "the checkpoint"):
+    """The model of an already read checkpoint (`read_checkpoint`), for callers that also need its other entries."""
     from dlp.model import DLP
 
-    payload = read_checkpoint(path, map_location)
     model = DLP(DLPConfig.from_dict(payload["config"]))
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"the weights in {path} do not match its config: {exc}") from exc
+        raise CheckpointError(f"the weights in {source} do not match its config: {exc}") from exc
     return model.to(map_location).eval()

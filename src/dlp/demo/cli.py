@@ -186,7 +186,7 @@ def _interactive_backend() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlp.checkpoint import load_checkpoint, read_checkpoint
+    from dlp.checkpoint import model_from_checkpoint, read_checkpoint
     from dlp.demo.state import DemoState, parse_edit
 
     edits = [parse_edit(text) for text in args.edit]  # syntax errors before any heavy work
@@ -194,8 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if not checkpoint.is_file():
         raise DemoError(f"checkpoint {checkpoint} does not exist; pass a .pt file written by `dlp train`.")
     device = _device(args.device)
-    payload_dataset = (read_checkpoint(checkpoint).get("train_config") or {}).get("dataset")
-    model = load_checkpoint(checkpoint, map_location=device)
+    payload = read_checkpoint(checkpoint, map_location=device)
+    payload_dataset = (payload.get("train_config") or {}).get("dataset")
+    model = model_from_checkpoint(payload, device, source=checkpoint)
     cfg = model.config
     if cfg.in_channels != 3:
         raise DemoError(f"the demo shows RGB images, but this model has {cfg.in_channels} input channels.")

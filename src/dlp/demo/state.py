@@ -157,26 +157,34 @@ class DemoState:
 
     def pixels(self, positions: torch.Tensor | None = None) -> torch.Tensor:
         """(row, col) pixel positions [K, 2] of the current (or the given) particle positions."""
+        from dlp.viz import kp_to_pixels
+
         kp = self.positions if positions is None else positions
-        return ((kp.detach().float().cpu() + 1.0) / 2.0) * (self.size - 1)
+        return kp_to_pixels(kp.detach().float().cpu(), self.size)
 
     def to_kp(self, pix: float) -> float:
-        return pix / (self.size - 1) * 2.0 - 1.0
+        from dlp.data.shapes import pixels_to_kp
+
+        return pixels_to_kp(pix, self.size)
 
     def feature_limit(self) -> float:
         """A symmetric slider range for every feature dimension: max(5, 1.5 x the largest encoded |feature|)."""
         largest = float(self.original_features.abs().max()) if self.original_features.numel() else 0.0
         return max(5.0, math.ceil(1.5 * largest))
 
+    def edited_particles(self) -> torch.Tensor:
+        """[K] bool: foreground particles whose position, features or on/off state differ from the encoded ones."""
+        k = self.k
+        edited = (self.positions != self.original_positions).any(-1)
+        edited |= (self.features[:k] != self.original_features[:k]).any(-1)
+        edited |= (self.obj_on != self.original_obj_on) if self.is_object_model else self.off
+        return edited.cpu()
+
     @property
     def edited(self) -> bool:
-        changed = not torch.equal(self.positions, self.original_positions)
-        changed |= not torch.equal(self.features, self.original_features)
-        if self.is_object_model:
-            changed |= not torch.equal(self.obj_on, self.original_obj_on)
-        else:
-            changed |= bool(self.off.any())
-        return changed
+        """Whether any particle, the background features included, differs from the encoded ones."""
+        background_changed = not torch.equal(self.features[self.k], self.original_features[self.k])
+        return bool(self.edited_particles().any()) or background_changed
 
     # ------------------------------------------------------------------------------------------------------------
     # editing
@@ -323,14 +331,9 @@ class DemoState:
         pos = self.positions.detach().float().cpu()
         orig = self.original_positions.detach().float().cpu()
         feats = self.features.detach().float().cpu()
-        orig_feats = self.original_features.detach().float().cpu()
+        edited = self.edited_particles()
         rows = []
         for i in range(self.k):
-            edited = not torch.equal(pos[i], orig[i]) or not torch.equal(feats[i], orig_feats[i])
-            if self.is_object_model:
-                edited |= float(self.obj_on[i]) != float(self.original_obj_on[i])
-            else:
-                edited |= bool(self.off[i])
             rows.append({
                 "index": i,
                 "y": float(pos[i, 0]), "x": float(pos[i, 1]),
@@ -341,7 +344,7 @@ class DemoState:
                 "obj_on": float(self.obj_on[i]) if self.is_object_model else None,
                 "on": bool(on[i]),
                 "visible": bool(vis[i]),
-                "edited": bool(edited),
+                "edited": bool(edited[i]),
                 "features": [float(v) for v in feats[i]],
             })
         return rows

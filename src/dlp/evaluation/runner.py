@@ -395,10 +395,11 @@ def evaluate_checkpoint(
         {"checkpoint", "dataset", "metrics": {flat name -> float}, "figures": {name -> path}}; regression errors are
         fractions of the inter-ocular distance (`format_table` shows them in %).
     """
-    from dlp.checkpoint import load_checkpoint, read_checkpoint
+    from dlp.checkpoint import model_from_checkpoint, read_checkpoint
 
-    train_config = dict(read_checkpoint(checkpoint_path).get("train_config") or {})
-    model = load_checkpoint(checkpoint_path, map_location=device)
+    payload = read_checkpoint(checkpoint_path, map_location=device)
+    train_config = dict(payload.get("train_config") or {})
+    model = model_from_checkpoint(payload, device, source=checkpoint_path)
     dataset = train_config.get("dataset")
     if not dataset:
         raise EvaluationError(f"{checkpoint_path} records no training dataset; it cannot be evaluated automatically.")

@@ -181,6 +181,7 @@ def fake_output(b=2, k=4, p=5, d=3, seed=0, glimpses=True):
         rec=torch.rand(b, 3, 8, 8, generator=gen),
         glimpses=torch.rand(b, k, 3, 4, 4, generator=gen) if glimpses else None,
         dec_glimpses=torch.rand(b, k, 4, 4, 4, generator=gen) if glimpses else None,
+        obj_on=torch.rand(b, k, generator=gen) if glimpses else None,
     )
 
 
@@ -198,7 +199,29 @@ def test_dlp_loss_combination_formula():
     torch.testing.assert_close(terms.kl_feat, kl_feat)
     torch.testing.assert_close(terms.kl, kl_kp + 0.01 * kl_feat)
     torch.testing.assert_close(terms.loss, 0.7 * rec + 30.0 * (kl_kp + 0.01 * kl_feat))
-    assert set(terms.detached()) == {"loss", "rec", "kl", "kl_kp", "kl_feat"}
+    torch.testing.assert_close(terms.active, out.obj_on.sum(-1).mean())
+    assert set(terms.detached()) == {"loss", "rec", "kl", "kl_kp", "kl_feat", "active"}
+
+
+def test_obj_on_sparsity_charges_each_switched_on_particle():
+    out = fake_output()
+    x = torch.rand(2, 3, 8, 8)
+    kw = dict(beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
+    official = dlp_loss(out, x, **kw)
+    sparse = dlp_loss(out, x, **kw, beta_obj_on=2.5)
+    torch.testing.assert_close(sparse.loss, official.loss + 2.5 * out.obj_on.sum(-1).mean())
+    out.obj_on = out.obj_on.clone().requires_grad_()
+    dlp_loss(out, x, **kw, beta_obj_on=2.5).loss.backward()
+    torch.testing.assert_close(out.obj_on.grad, torch.full_like(out.obj_on, 2.5 / out.obj_on.shape[0]))
+
+
+def test_masked_models_have_no_active_particles_and_ignore_the_sparsity_weight():
+    out = fake_output(glimpses=False)
+    x = torch.rand(2, 3, 8, 8)
+    kw = dict(beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
+    terms = dlp_loss(out, x, **kw, beta_obj_on=3.0)
+    assert terms.active.item() == 0.0
+    torch.testing.assert_close(terms.loss, dlp_loss(out, x, **kw).loss)
 
 
 def test_dlp_loss_background_excluded_from_chamfer_included_in_feature_kl():

@@ -58,11 +58,17 @@ def glimpse_reconstruction(target: torch.Tensor, dec_glimpses: torch.Tensor,
     return rec_loss(target, decoded).mean()
 
 
+def active_particles(obj_on: torch.Tensor) -> torch.Tensor:
+    """Expected number of switched-on particles per image, the sparsity penalty on `obj_on`: [B, K] -> [B]."""
+    return obj_on.sum(-1)
+
+
 @dataclass
 class LossTerms:
     """The training objective and its parts (0-dim tensors, batch means).
 
-    loss = beta_rec * rec + beta_kl * (kl_kp + kl_balance * kl_feat), kl = kl_kp + kl_balance * kl_feat.
+    loss = beta_rec * rec + beta_kl * (kl_kp + kl_balance * kl_feat) + beta_obj_on * active,
+    kl = kl_kp + kl_balance * kl_feat; `active` is `active_particles(obj_on)` (0 for masked models).
     """
 
     loss: torch.Tensor
@@ -70,18 +76,20 @@ class LossTerms:
     kl: torch.Tensor
     kl_kp: torch.Tensor
     kl_feat: torch.Tensor
+    active: torch.Tensor
 
     def detached(self) -> dict[str, torch.Tensor]:
         return {name: value.detach() for name, value in vars(self).items()}
 
 
 def dlp_loss(out, x: torch.Tensor, *, beta_rec: float, beta_kl: float, kl_balance: float, logvar_prior: float,
-             warmup: bool = False, rec_loss: ReconstructionLoss | None = None) -> LossTerms:
-    """The official DLP objective for a `DLPOutput` (`train_dlp.py`).
+             warmup: bool = False, rec_loss: ReconstructionLoss | None = None, beta_obj_on: float = 0.0) -> LossTerms:
+    """The official DLP objective for a `DLPOutput` (`train_dlp.py`), plus an optional sparsity penalty on `obj_on`.
 
     rec_loss maps (x, rec) -> [B] (default: per-image summed squared error); in the object model's warm-up the
     reconstruction term compares decoded and encoder glimpses instead. The Chamfer-KL excludes the background
-    particle; the feature KL covers all K+1 particles.
+    particle; the feature KL covers all K+1 particles. beta_obj_on > 0 (object models; not in the official objective)
+    charges every switched-on particle, so particles that reconstruct nothing switch off.
     """
     if warmup and out.dec_glimpses is not None:
         rec = glimpse_reconstruction(out.glimpses, out.dec_glimpses, rec_loss)
@@ -90,4 +98,8 @@ def dlp_loss(out, x: torch.Tensor, *, beta_rec: float, beta_kl: float, kl_balanc
     kl_kp = chamfer_kl(out.mu[:, :-1], out.logvar[:, :-1], out.kp_prior, logvar_prior).mean()
     kl_feat = gaussian_kl(out.mu_features, out.logvar_features).sum(-1).mean()
     kl = kl_kp + kl_balance * kl_feat
-    return LossTerms(beta_rec * rec + beta_kl * kl, rec, kl, kl_kp, kl_feat)
+    loss = beta_rec * rec + beta_kl * kl
+    active = active_particles(out.obj_on).mean() if out.obj_on is not None else torch.zeros_like(kl)
+    if beta_obj_on:
+        loss = loss + beta_obj_on * active
+    return LossTerms(loss, rec, kl, kl_kp, kl_feat, active)

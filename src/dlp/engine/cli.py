@@ -56,6 +56,8 @@ EXTRA_FLAGS = (
     (("--use_pairs",), "use_pairs", _BOOL, "train", "(strong warp -> prior, light warp -> posterior) pairs"),
     (("--num-train-images",), "num_train_images", int, "train", "shapes: number of generated training images"),
     (("--topk",), "topk", int, "train", "particles shown in the top-k figure and used by top-k evaluation"),
+    (("--beta_obj_on",), "beta_obj_on", float, "train",
+     "object models: cost of each switched-on particle after the noisy-mask phase (0 = the official objective)"),
 )
 FILE_KEYS = {dest: target for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS}
 MODEL_KEYS = {f.name for f in dataclasses.fields(DLPConfig)} - {"extra"}

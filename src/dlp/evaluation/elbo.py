@@ -6,8 +6,8 @@
   unweighted mean of the per-batch means (a last, partial batch counts as much as a full one).
 * `official=False` is our deterministic variant: `deterministic=True`, Chamfer-KL over the foreground particles only
   (the background excluded, as in the training objective), and every mean weighted by batch size (a true per-image
-  average). Its value is the training objective of `dlp.losses.dlp_loss` without warm-up, evaluated at the posterior
-  means.
+  average). Its value is the training objective of `dlp.losses.dlp_loss` without warm-up (and without the optional
+  `beta_obj_on` sparsity cost, which is not part of the ELBO), evaluated at the posterior means.
 
 Both return the unweighted terms too, and (unless `image_metrics=False`) the PSNR and SSIM of the *deterministic*
 reconstructions; in official mode that costs a second, deterministic forward pass per batch.

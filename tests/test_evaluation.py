@@ -13,7 +13,6 @@ from dlp.evaluation.discovery import (
     DiscoveryInputError,
     confident_particles,
     discovery_metrics,
-    particles_to_pixels,
 )
 from dlp.evaluation.image_metrics import ImageMetricError, psnr, ssim
 from dlp.evaluation.regression import (
@@ -26,6 +25,7 @@ from dlp.evaluation.regression import (
     predict,
     select_particles_by_confidence,
 )
+from dlp.viz import kp_to_pixels
 from tests.conftest import tiny_config
 
 BG_LOGVAR = math.log(0.1**2)
@@ -253,7 +253,7 @@ def test_confident_particles_and_pixels():
     logvar = torch.tensor([[[-1.0, -1.0], [-5.0, -5.0], [-3.0, -3.0]]])
     assert confident_particles(logvar, topk=2).tolist() == [[False, True, True]]
     assert confident_particles(logvar).all()
-    px = particles_to_pixels(torch.tensor([[-1.0, 1.0], [0.0, 0.0]]), 64)
+    px = kp_to_pixels(torch.tensor([[-1.0, 1.0], [0.0, 0.0]]), 64)
     torch.testing.assert_close(px, torch.tensor([[0.0, 63.0], [31.5, 31.5]]))
 
 

@@ -4,7 +4,7 @@ Pure functions (tensors in, floats out) live in `regression`, `discovery`, `imag
 ties them to checkpoints and datasets (`dlp eval CHECKPOINT`).
 """
 
-from dlp.evaluation.discovery import confident_particles, discovery_metrics, particles_to_pixels
+from dlp.evaluation.discovery import confident_particles, discovery_metrics
 from dlp.evaluation.elbo import validation_elbo
 from dlp.evaluation.image_metrics import psnr, ssim
 from dlp.evaluation.regression import (
@@ -31,7 +31,6 @@ __all__ = [
     "mean_shape_error",
     "normalised_landmark_error",
     "particle_features",
-    "particles_to_pixels",
     "predict",
     "psnr",
     "select_particles_by_confidence",

@@ -29,11 +29,6 @@ class DiscoveryInputError(ValueError):
     """Inputs to the object-discovery metrics have inconsistent shapes."""
 
 
-def particles_to_pixels(kp: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Particle coordinates in [-1, 1] -> pixels: (kp + 1) / 2 * (image_size - 1)."""
-    return (kp + 1.0) / 2.0 * (image_size - 1)
-
-
 def confident_particles(
     logvar: torch.Tensor,
     obj_on: torch.Tensor | None = None,

@@ -209,10 +209,11 @@ def run_discovery(
     topk: int = 10,
 ) -> dict[str, float]:
     """Object discovery against the dataset's "centers" (pixels, (y, x)); see `dlp.evaluation.discovery`."""
-    from dlp.evaluation.discovery import confident_particles, discovery_metrics, particles_to_pixels
+    from dlp.evaluation.discovery import confident_particles, discovery_metrics
+    from dlp.viz import kp_to_pixels
 
     enc = encode_dataset(model, _loader(dataset, batch_size), device=device, keys=("centers",))
-    positions = particles_to_pixels(enc["mu"][:, :-1], model.config.image_size)
+    positions = kp_to_pixels(enc["mu"][:, :-1], model.config.image_size)
     confident = confident_particles(
         enc["logvar"][:, :-1], enc.get("obj_on"), obj_on_threshold=obj_on_threshold, topk=topk
     )

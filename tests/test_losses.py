@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from dlp.losses import chamfer_kl, dlp_loss, gaussian_kl, glimpse_reconstruction, mse_reconstruction
+from dlp.losses import alpha_spread, chamfer_kl, dlp_loss, gaussian_kl, glimpse_reconstruction, mse_reconstruction
 
 LOGVAR_PRIOR = math.log(0.1**2)
 
@@ -200,28 +200,57 @@ def test_dlp_loss_combination_formula():
     torch.testing.assert_close(terms.kl, kl_kp + 0.01 * kl_feat)
     torch.testing.assert_close(terms.loss, 0.7 * rec + 30.0 * (kl_kp + 0.01 * kl_feat))
     torch.testing.assert_close(terms.active, out.obj_on.sum(-1).mean())
-    assert set(terms.detached()) == {"loss", "rec", "kl", "kl_kp", "kl_feat", "active"}
+    torch.testing.assert_close(terms.spread, alpha_spread(out.dec_glimpses).mean())
+    assert set(terms.detached()) == {"loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread"}
+
+
+def _loss_without_and_with(out, **extra_costs):
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
+    return dlp_loss(out, x, **kw).loss, dlp_loss(out, x, **kw, **extra_costs).loss
 
 
 def test_obj_on_sparsity_charges_each_switched_on_particle():
     out = fake_output()
-    x = torch.rand(2, 3, 8, 8)
-    kw = dict(beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
-    official = dlp_loss(out, x, **kw)
-    sparse = dlp_loss(out, x, **kw, beta_obj_on=2.5)
-    torch.testing.assert_close(sparse.loss, official.loss + 2.5 * out.obj_on.sum(-1).mean())
     out.obj_on = out.obj_on.clone().requires_grad_()
-    dlp_loss(out, x, **kw, beta_obj_on=2.5).loss.backward()
+    official, sparse = _loss_without_and_with(out, beta_obj_on=2.5)
+    torch.testing.assert_close(sparse.detach(), official.detach() + 2.5 * out.obj_on.detach().sum(-1).mean())
+    sparse.backward()
     torch.testing.assert_close(out.obj_on.grad, torch.full_like(out.obj_on, 2.5 / out.obj_on.shape[0]))
 
 
-def test_masked_models_have_no_active_particles_and_ignore_the_sparsity_weight():
+def test_alpha_spread_is_the_second_moment_of_alpha_about_the_glimpse_centre():
+    dec = torch.zeros(1, 2, 4, 4, 4)
+    dec[0, 0, 0, 0, 0] = 1.0  # corner pixel of a 4 px glimpse: centre at (-0.75, -0.75) half-widths
+    dec[0, 1, 0, 1, 2] = 0.5  # (-0.25, 0.25)
+    dec[0, 1, 1:] = 7.0  # colour channels do not count
+    assert alpha_spread(dec).tolist() == [pytest.approx(2 * 0.75**2 + 0.5 * 2 * 0.25**2)]
+    dec[0, 0, 0, 0, 0] = 3.0  # alpha is clamped to [0, 1], as it is when pasted
+    assert alpha_spread(dec).tolist() == [pytest.approx(2 * 0.75**2 + 0.5 * 2 * 0.25**2)]
+    full = torch.ones(1, 1, 4, 16, 16)
+    # Mean squared pixel-centre coordinate over S pixels: (S^2 - 1) / (3 S^2); two coordinates, 256 pixels.
+    assert alpha_spread(full).item() == pytest.approx(2 * 255 / 768 * 256)
+
+
+def test_spread_cost_pulls_decoded_alpha_towards_the_particle():
+    out = fake_output()
+    out.dec_glimpses = out.dec_glimpses.clone().requires_grad_()
+    official, centred = _loss_without_and_with(out, beta_spread=0.5)
+    spread = alpha_spread(out.dec_glimpses.detach()).mean()
+    torch.testing.assert_close(centred.detach(), official.detach() + 0.5 * spread)
+    centred.backward()
+    alpha_grad = out.dec_glimpses.grad[:, :, 0]
+    assert (alpha_grad > 0).all() and (out.dec_glimpses.grad[:, :, 1:] == 0).all()
+    # 4 px glimpse: the corners cost 9 times the central pixels.
+    torch.testing.assert_close(alpha_grad[..., 0, 0], 9 * alpha_grad[..., 1, 1])
+
+
+def test_masked_models_have_no_active_particles_and_ignore_the_object_costs():
     out = fake_output(glimpses=False)
-    x = torch.rand(2, 3, 8, 8)
-    kw = dict(beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
-    terms = dlp_loss(out, x, **kw, beta_obj_on=3.0)
-    assert terms.active.item() == 0.0
-    torch.testing.assert_close(terms.loss, dlp_loss(out, x, **kw).loss)
+    terms = dlp_loss(out, torch.rand(2, 3, 8, 8), beta_rec=1.0, beta_kl=1.0, kl_balance=1e-3, logvar_prior=LOGVAR_PRIOR)
+    assert terms.active.item() == 0.0 and terms.spread.item() == 0.0
+    official, with_costs = _loss_without_and_with(out, beta_obj_on=3.0, beta_spread=2.0)
+    torch.testing.assert_close(with_costs, official)
 
 
 def test_dlp_loss_background_excluded_from_chamfer_included_in_feature_kl():

@@ -205,17 +205,17 @@ def test_interrupt_saves_last_checkpoint(tmp_path, how):
     assert not resumed.interrupted and resumed.step == 3 * 8
 
 
-def test_obj_on_sparsity_applies_only_after_the_noisy_mask_phase(tmp_path):
-    # While obj_on is replaced by noise it gets no reconstruction gradient: a sparsity penalty would only switch
-    # every particle off.
-    tcfg = TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, beta_obj_on=100.0)
+def test_object_costs_apply_only_in_the_phases_where_they_make_sense(tmp_path):
+    # While obj_on is replaced by noise it gets no reconstruction gradient: a sparsity penalty would only switch every
+    # particle off. In the warm-up nothing reconstructs through alpha: a spread cost would only erase it.
+    tcfg = TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, beta_obj_on=100.0, beta_spread=3.0)
     trainer = Trainer(tiny_config("object"), tcfg, RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
                       train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
     batch = next(iter(trainer.loader))
-    for phase, weight in (("noisy", 0.0), ("normal", 100.0)):
-        loss, rec, kl, _, _, active = trainer.train_step(batch, phase).tolist()
-        assert active > 0
-        assert loss == pytest.approx(rec + 0.5 * kl + weight * active, rel=1e-5)
+    for phase, obj_on_weight, spread_weight in (("warm-up", 0.0, 0.0), ("noisy", 0.0, 3.0), ("normal", 100.0, 3.0)):
+        loss, rec, kl, _, _, active, spread = trainer.train_step(batch, phase).tolist()
+        assert active > 0 and spread > 0
+        assert loss == pytest.approx(rec + 0.5 * kl + obj_on_weight * active + spread_weight * spread, rel=1e-5)
 
 
 def test_optimiser_split_is_the_official_one():

@@ -253,6 +253,7 @@ class TrainConfig:
     beta_kl: float = 1.0
     kl_balance: float = 1e-3
     beta_obj_on: float = 0.0
+    beta_spread: float = 0.0
     rec_loss_function: str = "mse"
     warmup_epoch: int = 0
     lr_milestones: tuple[int, ...] = (50, 100, 200)

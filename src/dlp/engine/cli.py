@@ -58,6 +58,8 @@ EXTRA_FLAGS = (
     (("--topk",), "topk", int, "train", "particles shown in the top-k figure and used by top-k evaluation"),
     (("--beta_obj_on",), "beta_obj_on", float, "train",
      "object models: cost of each switched-on particle after the noisy-mask phase (0 = the official objective)"),
+    (("--beta_spread",), "beta_spread", float, "train",
+     "object models: cost of decoded alpha far from its particle after the warm-up (0 = the official objective)"),
 )
 FILE_KEYS = {dest: target for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS}
 MODEL_KEYS = {f.name for f in dataclasses.fields(DLPConfig)} - {"extra"}

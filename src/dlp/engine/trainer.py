@@ -31,7 +31,7 @@ from dlp.model import DLP
 
 ENCODER_SIDE = ("prior", "encoder", "to_normal_stats", "bg_encoder", "glimpse_encoder", "obj_on_head")
 DECODER_SIDE = ("decoder", "pointnet", "glimpse_decoder")
-LOSS_KEYS = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active")
+LOSS_KEYS = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread")
 HEADLINE_METRICS = ("recall@4", "precision@4", "fair/mu", "official/mu", "elbo/elbo", "elbo/psnr")
 
 
@@ -356,7 +356,8 @@ class Trainer:
             out = self.forward_model(x, x_prior, warmup=warmup, noisy_masks=phase != "normal")
             terms = dlp_loss(out, x, beta_rec=self.tcfg.beta_rec, beta_kl=self.tcfg.beta_kl,
                              kl_balance=self.tcfg.kl_balance, logvar_prior=self.cfg.logvar_prior, warmup=warmup,
-                             rec_loss=self.rec_loss, beta_obj_on=self.tcfg.beta_obj_on if phase == "normal" else 0.0)
+                             rec_loss=self.rec_loss, beta_obj_on=self.tcfg.beta_obj_on if phase == "normal" else 0.0,
+                             beta_spread=0.0 if warmup else self.tcfg.beta_spread)
         loss = terms.loss
         if warmup and self.cfg.use_object_dec and self.accelerator.num_processes > 1:
             loss = loss + 0.0 * out.rec.mean()  # keeps every DDP bucket in the graph

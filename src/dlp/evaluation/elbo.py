@@ -7,7 +7,7 @@
 * `official=False` is our deterministic variant: `deterministic=True`, Chamfer-KL over the foreground particles only
   (the background excluded, as in the training objective), and every mean weighted by batch size (a true per-image
   average). Its value is the training objective of `dlp.losses.dlp_loss` without warm-up (and without the optional
-  `beta_obj_on` sparsity cost, which is not part of the ELBO), evaluated at the posterior means.
+  `beta_obj_on` and `beta_spread` costs, which are not part of the ELBO), evaluated at the posterior means.
 
 Both return the unweighted terms too, and (unless `image_metrics=False`) the PSNR and SSIM of the *deterministic*
 reconstructions; in official mode that costs a second, deterministic forward pass per batch.

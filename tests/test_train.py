@@ -15,10 +15,10 @@ import yaml
 
 from dlp.checkpoint import read_checkpoint, save_checkpoint
 from dlp.cli import build_parser, main
-from dlp.config import TrainConfig
+from dlp.config import ConfigError, TrainConfig
 from dlp.data.shapes import ShapesDataset
 from dlp.engine.cli import resolve_configs
-from dlp.engine.trainer import RunOptions, Trainer, parameter_groups
+from dlp.engine.trainer import RunOptions, Trainer, obj_on_cost_weight, parameter_groups
 from dlp.model import DLP
 from tests.conftest import tiny_config
 
@@ -216,6 +216,24 @@ def test_object_costs_apply_only_in_the_phases_where_they_make_sense(tmp_path):
         loss, rec, kl, _, _, active, spread = trainer.train_step(batch, phase).tolist()
         assert active > 0 and spread > 0
         assert loss == pytest.approx(rec + 0.5 * kl + obj_on_weight * active + spread_weight * spread, rel=1e-5)
+
+
+def test_obj_on_cost_ramps_up_over_the_first_normal_epochs(tmp_path):
+    # warm-up epoch 0, noisy epochs 1-4, normal from epoch 5: the weight reaches 8 at the fourth normal epoch.
+    ramped = TrainConfig(warmup_epoch=1, beta_obj_on=8.0, obj_on_ramp_epochs=4)
+    assert [obj_on_cost_weight(ramped, epoch) for epoch in range(5, 11)] == [2.0, 4.0, 6.0, 8.0, 8.0, 8.0]
+    assert obj_on_cost_weight(TrainConfig(warmup_epoch=1, beta_obj_on=8.0), 5) == 8.0
+    with pytest.raises(ConfigError, match="obj_on_ramp_epochs"):
+        TrainConfig(obj_on_ramp_epochs=-1)
+
+    trainer = Trainer(tiny_config("object"), TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, beta_obj_on=100.0,
+                                                         obj_on_ramp_epochs=4),
+                      RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
+                      train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
+    batch = next(iter(trainer.loader))
+    trainer.epoch = 6
+    loss, rec, kl, _, _, active, _ = trainer.train_step(batch, "normal").tolist()
+    assert loss == pytest.approx(rec + 0.5 * kl + 50.0 * active, rel=1e-5)
 
 
 def test_optimiser_split_is_the_official_one():

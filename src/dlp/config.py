@@ -254,6 +254,7 @@ class TrainConfig:
     kl_balance: float = 1e-3
     beta_obj_on: float = 0.0
     beta_spread: float = 0.0
+    obj_on_ramp_epochs: int = 0
     rec_loss_function: str = "mse"
     warmup_epoch: int = 0
     lr_milestones: tuple[int, ...] = (50, 100, 200)
@@ -279,6 +280,8 @@ class TrainConfig:
             raise ConfigError(f"eval_freq must be a positive integer, got {self.eval_freq}.")
         if self.warmup_epoch < 0:
             raise ConfigError(f"warmup_epoch must be >= 0, got {self.warmup_epoch}.")
+        if self.obj_on_ramp_epochs < 0:
+            raise ConfigError(f"obj_on_ramp_epochs must be >= 0, got {self.obj_on_ramp_epochs}.")
         if self.rec_loss_function not in ("mse", "vgg"):
             raise ConfigError(f"rec_loss_function must be 'mse' or 'vgg', got {self.rec_loss_function!r}.")
 

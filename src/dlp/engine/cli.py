@@ -58,6 +58,8 @@ EXTRA_FLAGS = (
     (("--topk",), "topk", int, "train", "particles shown in the top-k figure and used by top-k evaluation"),
     (("--beta_obj_on",), "beta_obj_on", float, "train",
      "object models: cost of each switched-on particle after the noisy-mask phase (0 = the official objective)"),
+    (("--obj_on_ramp_epochs",), "obj_on_ramp_epochs", int, "train",
+     "object models: epochs over which the beta_obj_on cost rises linearly from 0 once the noisy phase ends"),
     (("--beta_spread",), "beta_spread", float, "train",
      "object models: cost of decoded alpha far from its particle after the warm-up (0 = the official objective)"),
 )

@@ -79,6 +79,17 @@ def phase_of(epoch: int, warmup_epoch: int, object_model: bool) -> str:
     return "normal"
 
 
+def obj_on_cost_weight(train_config: TrainConfig, epoch: int) -> float:
+    """The weight of the obj_on sparsity cost in a normal-phase `epoch` (object models; the first is 5 * warmup_epoch).
+
+    It rises linearly to `beta_obj_on` over the first `obj_on_ramp_epochs` normal epochs (0: full weight at once).
+    """
+    if train_config.obj_on_ramp_epochs == 0:
+        return train_config.beta_obj_on
+    normal_epochs_so_far = max(1, epoch - 5 * train_config.warmup_epoch + 1)
+    return train_config.beta_obj_on * min(1.0, normal_epochs_so_far / train_config.obj_on_ramp_epochs)
+
+
 class EpochShuffleSampler(Sampler[int]):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen."""
 
@@ -356,7 +367,7 @@ class Trainer:
             out = self.forward_model(x, x_prior, warmup=warmup, noisy_masks=phase != "normal")
             terms = dlp_loss(out, x, beta_rec=self.tcfg.beta_rec, beta_kl=self.tcfg.beta_kl,
                              kl_balance=self.tcfg.kl_balance, logvar_prior=self.cfg.logvar_prior, warmup=warmup,
-                             rec_loss=self.rec_loss, beta_obj_on=self.tcfg.beta_obj_on if phase == "normal" else 0.0,
+                             rec_loss=self.rec_loss, beta_obj_on=obj_on_cost_weight(self.tcfg, self.epoch) if phase == "normal" else 0.0,
                              beta_spread=0.0 if warmup else self.tcfg.beta_spread)
         loss = terms.loss
         if warmup and self.cfg.use_object_dec and self.accelerator.num_processes > 1:

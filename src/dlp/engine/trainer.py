@@ -363,11 +363,12 @@ class Trainer:
 
     def _loss_and_backward(self, x: torch.Tensor, x_prior: torch.Tensor | None, phase: str):
         warmup = phase == "warm-up"
+        obj_on_weight = obj_on_cost_weight(self.tcfg, self.epoch) if phase == "normal" else 0.0
         with self.accelerator.autocast():
             out = self.forward_model(x, x_prior, warmup=warmup, noisy_masks=phase != "normal")
             terms = dlp_loss(out, x, beta_rec=self.tcfg.beta_rec, beta_kl=self.tcfg.beta_kl,
                              kl_balance=self.tcfg.kl_balance, logvar_prior=self.cfg.logvar_prior, warmup=warmup,
-                             rec_loss=self.rec_loss, beta_obj_on=obj_on_cost_weight(self.tcfg, self.epoch) if phase == "normal" else 0.0,
+                             rec_loss=self.rec_loss, beta_obj_on=obj_on_weight,
                              beta_spread=0.0 if warmup else self.tcfg.beta_spread)
         loss = terms.loss
         if warmup and self.cfg.use_object_dec and self.accelerator.num_processes > 1:

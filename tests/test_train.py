@@ -205,12 +205,16 @@ def test_interrupt_saves_last_checkpoint(tmp_path, how):
     assert not resumed.interrupted and resumed.step == 3 * 8
 
 
+def _tiny_object_trainer(tmp_path, **train_settings) -> Trainer:
+    tcfg = TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, **train_settings)
+    return Trainer(tiny_config("object"), tcfg, RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
+                   train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
+
+
 def test_object_costs_apply_only_in_the_phases_where_they_make_sense(tmp_path):
     # While obj_on is replaced by noise it gets no reconstruction gradient: a sparsity penalty would only switch every
     # particle off. In the warm-up nothing reconstructs through alpha: a spread cost would only erase it.
-    tcfg = TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, beta_obj_on=100.0, beta_spread=3.0)
-    trainer = Trainer(tiny_config("object"), tcfg, RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
-                      train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
+    trainer = _tiny_object_trainer(tmp_path, beta_obj_on=100.0, beta_spread=3.0)
     batch = next(iter(trainer.loader))
     for phase, obj_on_weight, spread_weight in (("warm-up", 0.0, 0.0), ("noisy", 0.0, 3.0), ("normal", 100.0, 3.0)):
         loss, rec, kl, _, _, active, spread = trainer.train_step(batch, phase).tolist()
@@ -226,10 +230,7 @@ def test_obj_on_cost_ramps_up_over_the_first_normal_epochs(tmp_path):
     with pytest.raises(ConfigError, match="obj_on_ramp_epochs"):
         TrainConfig(obj_on_ramp_epochs=-1)
 
-    trainer = Trainer(tiny_config("object"), TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, beta_obj_on=100.0,
-                                                         obj_on_ramp_epochs=4),
-                      RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
-                      train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
+    trainer = _tiny_object_trainer(tmp_path, beta_obj_on=100.0, obj_on_ramp_epochs=4)
     batch = next(iter(trainer.loader))
     trainer.epoch = 6
     loss, rec, kl, _, _, active, _ = trainer.train_step(batch, "normal").tolist()

@@ -71,22 +71,27 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def first_normal_epoch(warmup_epoch: int) -> int:
+    """Object models leave the noisy-mask phase after 5 x warmup_epoch epochs (the warm-up included)."""
+    return 5 * warmup_epoch
+
+
 def phase_of(epoch: int, warmup_epoch: int, object_model: bool) -> str:
     if object_model and epoch < warmup_epoch:
         return "warm-up"
-    if object_model and epoch < 5 * warmup_epoch:
+    if object_model and epoch < first_normal_epoch(warmup_epoch):
         return "noisy"
     return "normal"
 
 
 def obj_on_cost_weight(train_config: TrainConfig, epoch: int) -> float:
-    """The weight of the obj_on sparsity cost in a normal-phase `epoch` (object models; the first is 5 * warmup_epoch).
+    """The weight of the obj_on sparsity cost in a normal-phase `epoch` of an object model.
 
     It rises linearly to `beta_obj_on` over the first `obj_on_ramp_epochs` normal epochs (0: full weight at once).
     """
     if train_config.obj_on_ramp_epochs == 0:
         return train_config.beta_obj_on
-    normal_epochs_so_far = max(1, epoch - 5 * train_config.warmup_epoch + 1)
+    normal_epochs_so_far = max(1, epoch - first_normal_epoch(train_config.warmup_epoch) + 1)
     return train_config.beta_obj_on * min(1.0, normal_epochs_so_far / train_config.obj_on_ramp_epochs)
 
 

@@ -16,7 +16,7 @@ PARITY_DIR = SHARED / "fixtures" / "parity"
 
 
 def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
-    """A 32x32 model small enough for CPU unit tests."""
+    """A 32x32 model small enough for CPU unit tests: kind "object", "anchored" (object, prior-anchored) or "masked"."""
     base = dict(
         image_size=32,
         enc_channels=(8, 8),
@@ -28,8 +28,9 @@ def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
         learned_feature_dim=3,
         anchor_s=0.25,
     )
-    if kind == "object":
-        base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True, anchor_s=0.5)
+    if kind in ("object", "anchored"):
+        base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True, anchor_s=0.5,
+                    prior_anchored_positions=kind == "anchored")
     else:
         base.update(dec_bone="masked", use_object_enc=True, use_object_dec=False, anchor_s=0.25)
     base.update(overrides)

@@ -15,7 +15,7 @@ from dlp.compat.official import (
     official_state_dict_names,
 )
 from dlp.model import DLP
-from tests.conftest import PARITY_DIR
+from tests.conftest import PARITY_DIR, tiny_config
 
 FIXTURES = sorted(PARITY_DIR.glob("*.pt")) if PARITY_DIR.is_dir() else []
 pytestmark = pytest.mark.skipif(not FIXTURES, reason="parity fixtures not found next to the repository")
@@ -158,6 +158,11 @@ def test_inconsistent_decode_alias_is_rejected(fixture):
     state = {**fixture["state_dict"], key: fixture["state_dict"][key] + 1}
     with pytest.raises(OfficialCheckpointError, match=r"object_dec.decode.* differs from its alias"):
         from_official_state_dict(model, state)
+
+
+def test_prior_anchored_models_have_no_official_layout():
+    with pytest.raises(OfficialCheckpointError, match=r"prior_anchored_positions=True .* no official weights layout"):
+        official_state_dict_names(DLP(tiny_config("anchored")))
 
 
 def test_official_param_names_cover_every_parameter_once(fixture):

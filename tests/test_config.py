@@ -91,6 +91,16 @@ def test_object_decoder_without_object_encoder():
         tiny_config("object", use_object_enc=False)
 
 
+def test_prior_anchored_positions_need_an_object_model():
+    with pytest.raises(ConfigError, match=r"prior_anchored_positions=True needs the object model"):
+        tiny_config("masked", prior_anchored_positions=True)
+
+
+def test_prior_anchored_positions_need_a_proposal_per_particle():
+    with pytest.raises(ConfigError, match=r"anchors each of the n_kp_enc=8 particles .* raise n_kp_prior"):
+        tiny_config("anchored", n_kp_enc=8, n_kp_prior=6)
+
+
 def test_feature_glimpse_with_odd_margin():
     # 128 px, F = 16: round(0.0625 * 127) = 8 (fine), but round(0.0625 * 15) = 1 cannot be centred on 16 cells
     with pytest.raises(ConfigError, match=r"feature-map glimpses of side 1 cannot be centred"):

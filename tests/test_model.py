@@ -14,7 +14,7 @@ from dlp.losses import dlp_loss
 from dlp.model import DLP, DLPOutput
 from tests.conftest import tiny_config
 
-KINDS = ["object", "masked"]
+KINDS = ["object", "anchored", "masked"]
 B = 2
 
 
@@ -125,6 +125,23 @@ def test_encoder_trains_only_through_positions():
     assert all(p.grad is not None for p in model.obj_on_head.parameters())
 
 
+def test_prior_anchored_particles_sit_within_half_a_glimpse_of_the_top_proposals():
+    model = make("anchored").eval()
+    k, reach = model.config.n_kp_enc, model.config.anchor_s
+    x = images()
+    with torch.no_grad():
+        out = model(x, deterministic=True)
+        anchors, _ = model.prior(x)
+    assert model.to_normal_stats is None and model.obj_on_head is None
+    offsets = (out.mu[:, :k] - anchors[:, :k]).abs()
+    assert offsets.max() <= reach + 1e-6 and offsets.max() > 0
+    # The anchors are detached: positions train the offsets, and the prior learns only from the Chamfer-KL.
+    model.train()
+    model(x, deterministic=True).mu.sum().backward()
+    assert all(p.grad is None for p in model.prior.parameters())
+    assert all(p.grad is not None for p in model.anchor_offsets.parameters())
+
+
 def test_noisy_phase_gives_obj_on_a_zero_gradient():
     model = make("object").train()
     x = images()
@@ -217,8 +234,9 @@ def test_noisy_masks_is_a_no_op_for_masked_models():
 
 # ----------------------------------------------------------------------------------------------------------------
 # encode / decode
-@pytest.mark.parametrize("kind,overrides", [("object", {"exclusive_patches": False}), ("masked", {})],
-                         ids=["object", "masked"])
+@pytest.mark.parametrize("kind,overrides", [("object", {"exclusive_patches": False}),
+                                            ("anchored", {"exclusive_patches": False}), ("masked", {})],
+                         ids=["object", "anchored", "masked"])
 def test_encode_decode_reproduce_deterministic_forward(kind, overrides):
     model = make(kind, **overrides).eval()
     x = images()
@@ -229,7 +247,7 @@ def test_encode_decode_reproduce_deterministic_forward(kind, overrides):
         decoded = model.decode(particles.mu, particles.mu_features, heatmap=particles.heatmap, obj_on=particles.obj_on)
     for name in ("mu", "logvar", "mu_features", "logvar_features", "heatmap"):
         assert torch.equal(getattr(particles, name), getattr(out, name)), name
-    if kind == "object":
+    if kind != "masked":
         assert torch.equal(particles.obj_on, out.obj_on)
         torch.testing.assert_close(decoded.dec_glimpses, out.dec_glimpses, rtol=0, atol=1e-6)
         torch.testing.assert_close(decoded.dec_objects, out.dec_objects, rtol=0, atol=1e-6)
@@ -245,7 +263,7 @@ def test_decode_edited_particles_changes_rec(kind):
     with torch.no_grad():
         base = model.decode(p.mu, p.mu_features, heatmap=p.heatmap, obj_on=p.obj_on).rec
         z = p.mu.clone()
-        z[:, 0] = torch.tensor([0.8, -0.8]) if kind == "object" else -z[:, 0]
+        z[:, 0] = -z[:, 0] if kind == "masked" else torch.tensor([0.8, -0.8])
         moved = model.decode(z, p.mu_features, heatmap=p.heatmap, obj_on=p.obj_on).rec
         features = p.mu_features.clone()
         features[:, :-1] += 3.0  # every foreground particle (the masked model sees features through PointNet only)

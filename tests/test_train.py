@@ -96,6 +96,8 @@ def test_typed_flags_override_only_themselves():
     assert _resolve("-d", "clevrer")[0] == "clevrer" and _resolve("-d", "landmarks")[0] == "celeba64"
     _, model, _ = _resolve("-d", "shapes", "--no-exclusive_patches")
     assert model.exclusive_patches is False
+    assert _resolve("-d", "shapes", "--prior_anchored_positions")[1].prior_anchored_positions is True
+    assert _resolve("--preset", "shapes-quick", "--no-prior_anchored_positions")[1].prior_anchored_positions is False
 
 
 def test_config_file_then_typed_flags(tmp_path):
@@ -114,6 +116,7 @@ def test_config_file_then_typed_flags(tmp_path):
         (["-d", "shapes", "-l", "-1"], "learning rate must be positive"),
         (["-d", "shapes", "-n", "0"], "number of epochs must be a positive integer"),
         (["-d", "shapes", "--anchor_s", "0.3"], "not a power of two"),
+        (["-d", "celeba", "--prior_anchored_positions"], "needs the object model"),
     ],
 )
 def test_bad_configuration_is_refused_with_one_sentence(argv, message, capsys, tmp_path):

@@ -85,6 +85,7 @@ class DLPConfig:
     use_object_enc: bool = True
     use_object_dec: bool = False
     exclusive_patches: bool = False
+    prior_anchored_positions: bool = False  # ours, object models: particles = prior proposals + glimpse offsets
     kp_range: tuple[float, float] = (-1.0, 1.0)
     kp_activation: str = "tanh"
     mask_threshold: float = 0.2
@@ -205,6 +206,13 @@ class DLPConfig:
             glimpse_down = 2 ** (len(self.glimpse_channels) - 1)
             if glimpse % glimpse_down:
                 fail(f"glimpse size {glimpse} is not divisible by {glimpse_down} (2 ** (len(glimpse_channels) - 1)).")
+        if self.prior_anchored_positions:
+            if not self.use_object_dec:
+                fail("prior_anchored_positions=True needs the object model (use_object_dec=True); masked models "
+                     "order their particles by identity, which anchors on prior proposals would not keep.")
+            if self.n_kp_prior < self.n_kp_enc:
+                fail(f"prior_anchored_positions=True anchors each of the n_kp_enc={self.n_kp_enc} particles on one of "
+                     f"the prior's n_kp_prior={self.n_kp_prior} proposals; raise n_kp_prior to at least n_kp_enc.")
         for side, size, what in (
             (self.image_size, glimpse, "image glimpses"),
             (fmap, self.feature_glimpse_size, "feature-map glimpses"),

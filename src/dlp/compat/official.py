@@ -96,6 +96,11 @@ def _key_pairs(model: DLP) -> Iterator[tuple[str, str]]:
 
 def official_state_dict_names(model: DLP) -> dict[str, str]:
     """Map every key of `model.state_dict()` to its official key (official order, no `object_dec.decode` aliases)."""
+    if model.config.prior_anchored_positions:
+        raise OfficialCheckpointError(
+            "prior_anchored_positions=True is this library's extension and has no official weights layout; "
+            "only models without it convert to or from official checkpoints."
+        )
     mapping = dict(_key_pairs(model))
     ours = set(model.state_dict())
     if set(mapping) != ours:  # a structural change in the model that this table does not know about

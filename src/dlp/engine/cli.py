@@ -62,6 +62,8 @@ EXTRA_FLAGS = (
      "object models: epochs over which the beta_obj_on cost rises linearly from 0 once the noisy phase ends"),
     (("--beta_spread",), "beta_spread", float, "train",
      "object models: cost of decoded alpha far from its particle after the warm-up (0 = the official objective)"),
+    (("--prior_anchored_positions",), "prior_anchored_positions", _BOOL, "model",
+     "object models: particles are the prior's top proposals moved by offsets read from their glimpses"),
 )
 FILE_KEYS = {dest: target for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS}
 MODEL_KEYS = {f.name for f in dataclasses.fields(DLPConfig)} - {"extra"}

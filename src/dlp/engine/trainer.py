@@ -29,7 +29,7 @@ from dlp.engine.allocator import retain_freed_memory
 from dlp.losses import dlp_loss
 from dlp.model import DLP
 
-ENCODER_SIDE = ("prior", "encoder", "to_normal_stats", "bg_encoder", "glimpse_encoder", "obj_on_head")
+ENCODER_SIDE = ("prior", "encoder", "to_normal_stats", "anchor_offsets", "bg_encoder", "glimpse_encoder", "obj_on_head")
 DECODER_SIDE = ("decoder", "pointnet", "glimpse_decoder")
 LOSS_KEYS = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread")
 HEADLINE_METRICS = ("recall@4", "precision@4", "fair/mu", "official/mu", "elbo/elbo", "elbo/psnr")

@@ -17,7 +17,7 @@ from torch import nn
 from dlp.config import DLPConfig
 from dlp.model.glimpse import composite, paste_glimpses, square_masks
 from dlp.model.layers import MLP, KeypointCNN, gaussian_maps, init_official
-from dlp.model.modules import CNNDecoder, GlimpseDecoder, GlimpseEncoder, PatchPrior, PointNetPP
+from dlp.model.modules import AnchorOffsetEncoder, CNNDecoder, GlimpseDecoder, GlimpseEncoder, PatchPrior, PointNetPP
 
 
 @dataclass
@@ -107,8 +107,14 @@ class DLP(nn.Module):
         heatmap_size = k * fmap**2
 
         self.encoder = KeypointCNN(cfg.in_channels, cfg.enc_channels, k, first_kernel_size=7, pad_mode=cfg.pad_mode)
-        self.to_normal_stats = MLP(heatmap_size, 4 * k)
-        self.obj_on_head = MLP(heatmap_size, k) if cfg.use_object_dec else None
+        if cfg.prior_anchored_positions:
+            self.anchor_offsets = AnchorOffsetEncoder(cfg.in_channels, cfg.glimpse_size, cfg.anchor_s,
+                                                      cfg.glimpse_channels)
+            self.to_normal_stats = self.obj_on_head = None
+        else:
+            self.anchor_offsets = None
+            self.to_normal_stats = MLP(heatmap_size, 4 * k)
+            self.obj_on_head = MLP(heatmap_size, k) if cfg.use_object_dec else None
         # With a glimpse encoder this MLP encodes only the background particle; without one, every particle.
         self.bg_encoder = MLP(heatmap_size, 2 * d)
         if cfg.use_object_dec:
@@ -130,14 +136,20 @@ class DLP(nn.Module):
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding
-    def _encode_positions(self, x: torch.Tensor):
+    def _encode_positions(self, x: torch.Tensor, kp_prior: torch.Tensor | None = None):
         cfg = self.config
         heatmap = self.encoder(x)  # [B, K, F, F]
         b, k = heatmap.shape[:2]
-        flat = heatmap.flatten(1)
-        mu, logvar = self.to_normal_stats(flat).view(b, k, 4).chunk(2, dim=-1)
-        obj_on = torch.sigmoid(self.obj_on_head(flat.detach())) if self.obj_on_head is not None else None
-        mu = torch.tanh(mu)
+        if cfg.prior_anchored_positions:
+            if kp_prior is None:
+                kp_prior, _ = self.prior(x)
+            mu, logvar, obj_on_logit = self.anchor_offsets(x, kp_prior[:, :k].detach(), exclusive=cfg.exclusive_patches)
+            obj_on = torch.sigmoid(obj_on_logit)
+        else:
+            flat = heatmap.flatten(1)
+            mu, logvar = self.to_normal_stats(flat).view(b, k, 4).chunk(2, dim=-1)
+            obj_on = torch.sigmoid(self.obj_on_head(flat.detach())) if self.obj_on_head is not None else None
+            mu = torch.tanh(mu)
         bg_logvar = torch.full((b, 1, 2), cfg.logvar_prior, device=x.device, dtype=mu.dtype)
         mu = torch.cat([mu, torch.zeros_like(bg_logvar)], dim=1)
         logvar = torch.cat([logvar, bg_logvar], dim=1)
@@ -147,7 +159,9 @@ class DLP(nn.Module):
         """Visual features of the K foreground particles and the background particle: ([B, K+1, D] x 2, glimpses)."""
         cfg = self.config
         k, fmap = cfg.n_kp_enc, cfg.feature_map_size
-        hm = heatmap.detach()
+        # The official features read detached heat-maps so that they never train the position encoder; with
+        # prior-anchored positions the heat-maps locate nothing, and the background feature is what trains them.
+        hm = heatmap if cfg.prior_anchored_positions else heatmap.detach()
         kp = mu[:, :k].detach()
         if self.glimpse_encoder is None:
             fg = (gaussian_maps(z[:, :k], fmap, cfg.sigma) > cfg.mask_threshold).to(hm.dtype)
@@ -245,7 +259,7 @@ class DLP(nn.Module):
         noisy = noisy_masks and object_model
         kp_prior, _ = self.prior(x if x_prior is None else x_prior)
 
-        mu, logvar, obj_on, heatmap = self._encode_positions(x)
+        mu, logvar, obj_on, heatmap = self._encode_positions(x, kp_prior if x_prior is None else None)
         z = mu if deterministic else mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         # Random draws happen in the official order, so a seeded run reproduces the official samples.
         obj_on_in = 0.0 * obj_on + torch.rand_like(obj_on) if noisy else obj_on

@@ -81,6 +81,32 @@ class GlimpseEncoder(nn.Module):
         return mu, logvar, glimpses
 
 
+class AnchorOffsetEncoder(nn.Module):
+    """Positions of object-model particles as prior proposals plus offsets (`DLPConfig.prior_anchored_positions`).
+
+    Each particle reads the glimpse around its anchor (one of the prior's proposals) and returns where in that glimpse
+    its object lies, with a log-variance and its `obj_on` logit: x [B, C, H, W], anchors [B, K, 2] ->
+    (mu [B, K, 2], logvar [B, K, 2], obj_on_logit [B, K]). The offset is at most `max_offset` (half a glimpse) and
+    positions stay inside the image.
+    """
+
+    def __init__(self, in_channels: int, side: int, max_offset: float, cnn_channels: tuple[int, ...],
+                 cnn_maps: int = 32):
+        super().__init__()
+        self.side, self.max_offset = side, max_offset
+        self.cnn = KeypointCNN(in_channels, cnn_channels, cnn_maps, first_kernel_size=3, pad_mode="replicate")
+        down = 2 ** (len(cnn_channels) - 1)
+        self.fc = MLP(cnn_maps * (side // down) ** 2, 5)
+
+    def forward(self, x: torch.Tensor, anchors: torch.Tensor, *, exclusive: bool):
+        b, k = anchors.shape[:2]
+        glimpses = extract_glimpses(x, anchors, self.side, exclusive=exclusive)
+        stats = self.fc(self.cnn(glimpses.flatten(0, 1)).reshape(b, k, -1))
+        offset, logvar, obj_on_logit = stats.split([2, 2, 1], dim=-1)
+        mu = (anchors + self.max_offset * torch.tanh(offset)).clamp(-1.0, 1.0)
+        return mu, logvar, obj_on_logit.squeeze(-1)
+
+
 class EdgeConv(nn.Module):
     """One PointNet++ layer: m_ij = MLP([h_j, pos_j - pos_i]) over the kNN edges, then max over neighbours j."""
 

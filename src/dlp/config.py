@@ -208,8 +208,8 @@ class DLPConfig:
                 fail(f"glimpse size {glimpse} is not divisible by {glimpse_down} (2 ** (len(glimpse_channels) - 1)).")
         if self.prior_anchored_positions:
             if not self.use_object_dec:
-                fail("prior_anchored_positions=True needs the object model (use_object_dec=True); masked models "
-                     "order their particles by identity, which anchors on prior proposals would not keep.")
+                fail("prior_anchored_positions=True needs the object model (use_object_dec=True), whose particles "
+                     "read their offsets and obj_on from image glimpses; set use_object_dec or drop the option.")
             if self.n_kp_prior < self.n_kp_enc:
                 fail(f"prior_anchored_positions=True anchors each of the n_kp_enc={self.n_kp_enc} particles on one of "
                      f"the prior's n_kp_prior={self.n_kp_prior} proposals; raise n_kp_prior to at least n_kp_enc.")

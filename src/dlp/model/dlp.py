@@ -108,7 +108,7 @@ class DLP(nn.Module):
 
         self.encoder = KeypointCNN(cfg.in_channels, cfg.enc_channels, k, first_kernel_size=7, pad_mode=cfg.pad_mode)
         if cfg.prior_anchored_positions:
-            self.anchor_offsets = AnchorOffsetEncoder(cfg.in_channels, cfg.glimpse_size, cfg.anchor_s,
+            self.anchor_offsets = AnchorOffsetEncoder(cfg.in_channels, cfg.image_size, cfg.glimpse_size, cfg.anchor_s,
                                                       cfg.glimpse_channels)
             self.to_normal_stats = self.obj_on_head = None
         else:

@@ -54,10 +54,11 @@ class GlimpseEncoder(nn.Module):
 
     Object models crop the RGB image (S x S) and run a small CNN; masked models crop the K-channel encoder heat-map
     (a few cells of the F grid) and append the particle position. Output: (mu_f, logvar_f [B, K, D], glimpses).
+    `read` gives the raw MLP output instead ([B, K, out_features], default 2 D), for encoders that split it otherwise.
     """
 
     def __init__(self, feature_dim: int, grid: int, side: int, channels: int, *, use_cnn: bool,
-                 cnn_channels: tuple[int, ...] = (16, 16, 32), cnn_maps: int = 32):
+                 cnn_channels: tuple[int, ...] = (16, 16, 32), cnn_maps: int = 32, out_features: int | None = None):
         super().__init__()
         self.grid, self.side, self.feature_dim = grid, side, feature_dim
         if use_cnn:
@@ -67,41 +68,41 @@ class GlimpseEncoder(nn.Module):
         else:
             self.cnn = None
             fc_in = channels * side**2 + 2
-        self.fc = MLP(fc_in, 2 * feature_dim)
+        self.fc = MLP(fc_in, out_features or 2 * feature_dim)
 
-    def forward(self, source: torch.Tensor, kp: torch.Tensor, *, exclusive: bool = False,
-                obj_on: torch.Tensor | None = None):
+    def read(self, source: torch.Tensor, kp: torch.Tensor, *, exclusive: bool = False,
+             obj_on: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, k = kp.shape[:2]
         glimpses = extract_glimpses(source, kp, self.side, exclusive=exclusive, obj_on=obj_on)  # [B, K, C, s, s]
         if self.cnn is not None:
             codes = self.cnn(glimpses.flatten(0, 1)).reshape(b, k, -1)
         else:
             codes = torch.cat([glimpses.reshape(b, k, -1), kp], dim=-1)
-        mu, logvar = self.fc(codes).chunk(2, dim=-1)
+        return self.fc(codes), glimpses
+
+    def forward(self, source: torch.Tensor, kp: torch.Tensor, *, exclusive: bool = False,
+                obj_on: torch.Tensor | None = None):
+        stats, glimpses = self.read(source, kp, exclusive=exclusive, obj_on=obj_on)
+        mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar, glimpses
 
 
-class AnchorOffsetEncoder(nn.Module):
+class AnchorOffsetEncoder(GlimpseEncoder):
     """Positions of object-model particles as prior proposals plus offsets (`DLPConfig.prior_anchored_positions`).
 
-    Each particle reads the glimpse around its anchor (one of the prior's proposals) and returns where in that glimpse
-    its object lies, with a log-variance and its `obj_on` logit: x [B, C, H, W], anchors [B, K, 2] ->
-    (mu [B, K, 2], logvar [B, K, 2], obj_on_logit [B, K]). The offset is at most `max_offset` (half a glimpse) and
-    positions stay inside the image.
+    Each particle reads the image glimpse around its anchor (one of the prior's proposals) with the object glimpse
+    encoder's CNN and returns where in that glimpse its object lies, with a log-variance and its `obj_on` logit:
+    x [B, C, H, W], anchors [B, K, 2] -> (mu [B, K, 2], logvar [B, K, 2], obj_on_logit [B, K]). The offset is at most
+    `max_offset` (half a glimpse) and positions stay inside the image.
     """
 
-    def __init__(self, in_channels: int, side: int, max_offset: float, cnn_channels: tuple[int, ...],
-                 cnn_maps: int = 32):
-        super().__init__()
-        self.side, self.max_offset = side, max_offset
-        self.cnn = KeypointCNN(in_channels, cnn_channels, cnn_maps, first_kernel_size=3, pad_mode="replicate")
-        down = 2 ** (len(cnn_channels) - 1)
-        self.fc = MLP(cnn_maps * (side // down) ** 2, 5)
+    def __init__(self, in_channels: int, image_size: int, side: int, max_offset: float,
+                 cnn_channels: tuple[int, ...]):
+        super().__init__(2, image_size, side, in_channels, use_cnn=True, cnn_channels=cnn_channels, out_features=5)
+        self.max_offset = max_offset
 
     def forward(self, x: torch.Tensor, anchors: torch.Tensor, *, exclusive: bool):
-        b, k = anchors.shape[:2]
-        glimpses = extract_glimpses(x, anchors, self.side, exclusive=exclusive)
-        stats = self.fc(self.cnn(glimpses.flatten(0, 1)).reshape(b, k, -1))
+        stats, _ = self.read(x, anchors, exclusive=exclusive)
         offset, logvar, obj_on_logit = stats.split([2, 2, 1], dim=-1)
         mu = (anchors + self.max_offset * torch.tanh(offset)).clamp(-1.0, 1.0)
         return mu, logvar, obj_on_logit.squeeze(-1)

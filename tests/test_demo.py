@@ -398,7 +398,7 @@ WINDOW_DRIVER = textwrap.dedent(
         for name, px, py in (("button_press_event", x, y), ("motion_notify_event", tx, ty),
                              ("button_release_event", tx, ty)):
             canvas.callbacks.process(name, MouseEvent(name, canvas, px, py, button=1))
-        how = "canvas events"
+        how = "canvas-events"  # one word: the RESULT line is split on spaces
     pump(0.3)
     after = screenshot("after.png")
     i = window.controller.selected

@@ -333,7 +333,7 @@ def test_cli_errors_are_one_sentence(tmp_path, checkpoints, capsys, argv, messag
 
 WINDOW_DRIVER = textwrap.dedent(
     """
-    import os, shutil, subprocess, sys, time
+    import json, os, shutil, subprocess, sys, time
     import numpy as np
     import torch
     import matplotlib
@@ -398,13 +398,14 @@ WINDOW_DRIVER = textwrap.dedent(
         for name, px, py in (("button_press_event", x, y), ("motion_notify_event", tx, ty),
                              ("button_release_event", tx, ty)):
             canvas.callbacks.process(name, MouseEvent(name, canvas, px, py, button=1))
-        how = "canvas-events"  # one word: the RESULT line is split on spaces
+        how = "canvas events"
     pump(0.3)
     after = screenshot("after.png")
     i = window.controller.selected
     print("window", geometry, "particle at", (x, y), "presses seen", presses)
-    print("RESULT", how, i, [float(v) for v in state.pixels()[i]] if i is not None else None,
-          int((before != after).any(-1).sum()))
+    print("RESULT", json.dumps({"how": how, "selected": i,
+                                "row_col": [float(v) for v in state.pixels()[i]] if i is not None else None,
+                                "changed": int((before != after).any(-1).sum())}))
     plt.close("all")
     """
 )
@@ -445,12 +446,12 @@ def test_real_window_drag_changes_pixels(tmp_path, checkpoints, xvfb_display):
                          env=_gui_env(xvfb_display), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT"))
-    _, how, i, rest = line.split(" ", 3)
-    assert i != "None", f"no particle was selected by the {how} drag: {run.stdout}"
-    row_col, n_changed = rest.rsplit(" ", 1)
-    row, col = json.loads(row_col)
+    result = json.loads(line.removeprefix("RESULT "))
+    how, i = result["how"], result["selected"]
+    assert i is not None, f"no particle was selected by the {how} drag: {run.stdout}"
+    row, col = result["row_col"]
     assert abs(row - 5.0) < 1.0 and abs(col - 4.0) < 1.0, f"particle {i} ended at {row, col} after the {how} drag"
-    assert int(n_changed) > 500, f"only {n_changed} screen pixels changed"
+    assert result["changed"] > 500, f"only {result['changed']} screen pixels changed"
     assert (tmp_path / "before.png").is_file() and (tmp_path / "after.png").is_file()
 
 

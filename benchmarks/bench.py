@@ -49,16 +49,19 @@ def _timed(fn, device, warmup: int, repeats: int) -> list[float]:
 def worker(args) -> dict:
     import torch
 
-    from dlp.config import TrainConfig
     from dlp.engine.trainer import RunOptions, Trainer
-    from dlp.presets import get_preset
+    from dlp.registry import get_family, get_preset
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     preset = get_preset(args.worker)
     model_config = preset.model_config()
-    train_config = TrainConfig.from_dict({**preset.train, "batch_size": args.batch_size, "rec_loss_function": "mse"})
+    family = get_family(preset.family)
+    overrides = {"batch_size": args.batch_size}
+    if "rec_loss_function" in family.train_config_class.field_names():  # no ImageNet weights needed
+        overrides["rec_loss_function"] = "mse"
+    train_config = preset.train_config(**overrides)
     size = model_config.image_size
     x = torch.rand(args.batch_size, 3, size, size, device=device)
     result = {"preset": args.worker}
@@ -77,11 +80,10 @@ def worker(args) -> dict:
             result["profile_ms"] = _profile_step(lambda: trainer.train_step(batch, "normal"))
     else:
         from dlp.engine.allocator import retain_freed_memory
-        from dlp.model import DLP
 
         if device.type == "cpu":  # as `dlp eval` does
             retain_freed_memory()
-        model = DLP(model_config).to(device).eval()
+        model = family.build_model(model_config).to(device).eval()
 
         def infer():
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):

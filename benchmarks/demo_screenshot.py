@@ -24,7 +24,7 @@ SHARED = REPO.parent / "shared" / "data"
 def train_masked_model(work_dir: Path, steps: int, image_size: int, data_root: Path) -> Path:
     from dlp.data.landmarks import LandmarkFolderDataset
     from dlp.engine.trainer import RunOptions, Trainer
-    from dlp.presets import get_preset
+    from dlp.registry import get_preset
 
     preset = get_preset("celeba64")
     model_config = preset.model_config(image_size=image_size)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlp.config import DLPConfig
+from dlp.models.dlp_v1.config import DLPConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -30,7 +30,7 @@ def tiny_config(kind: str = "object", **overrides) -> DLPConfig:
     )
     if kind in ("object", "anchored"):
         base.update(dec_bone="object", use_object_enc=True, use_object_dec=True, exclusive_patches=True, anchor_s=0.5,
-                    prior_anchored_positions=kind == "anchored")
+                    position_encoder="prior_anchored" if kind == "anchored" else "heatmap")
     else:
         base.update(dec_bone="masked", use_object_enc=True, use_object_dec=False, anchor_s=0.25)
     base.update(overrides)

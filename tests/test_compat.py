@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from dlp.checkpoint import load_checkpoint, read_checkpoint
+from dlp.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from dlp.cli import main
 from dlp.compat.official import (
     OfficialCheckpointError,
@@ -14,7 +18,8 @@ from dlp.compat.official import (
     official_param_names,
     official_state_dict_names,
 )
-from dlp.model import DLP
+from dlp.models.dlp_v1.model import DLP
+from dlp.registry import get_preset
 from tests.conftest import PARITY_DIR, tiny_config
 
 FIXTURES = sorted(PARITY_DIR.glob("*.pt")) if PARITY_DIR.is_dir() else []
@@ -161,7 +166,7 @@ def test_inconsistent_decode_alias_is_rejected(fixture):
 
 
 def test_prior_anchored_models_have_no_official_layout():
-    with pytest.raises(OfficialCheckpointError, match=r"prior_anchored_positions=True .* no official weights layout"):
+    with pytest.raises(OfficialCheckpointError, match=r"position_encoder=.prior_anchored. is this library.s extension and has no official weights layout"):
         official_state_dict_names(DLP(tiny_config("anchored")))
 
 
@@ -217,8 +222,36 @@ def _official_listings() -> dict[str, dict[str, tuple[int, ...]]]:
 @pytest.mark.parametrize("preset", ["celeba", "clevrer", "traffic", "shapes"])
 def test_presets_export_exactly_the_official_key_layout(preset):
     from dlp.compat.official import to_official_state_dict
-    from dlp.presets import create_model
+    from dlp.registry import create_model
 
     expected = _official_listings()[preset]
     ours = {key: tuple(value.shape) for key, value in to_official_state_dict(create_model(preset)).items()}
     assert ours == expected
+
+
+def test_dlp_eval_takes_a_converted_checkpoint(fixture, converted, tmp_path, capsys):
+    """`convert-official --preset` records the preset's dataset (and weights), so `dlp eval` knows what to run."""
+    path, _ = converted
+    payload = read_checkpoint(path)
+    preset, _ = preset_and_overrides(fixture["hparams"])
+    assert payload["preset"] == preset
+    assert payload["train_config"]["dataset"] == get_preset(preset).train_config().dataset
+    out = tmp_path / "eval.json"
+    argv = ["eval", str(path), "--metrics", "elbo", "--num-images", "4", "--batch-size", "4", "--device", "cpu",
+            "--out", str(out)]
+    if payload["train_config"]["dataset"] != "shapes":  # real data: point it at a folder of images instead
+        images = tmp_path / "images"
+        images.mkdir()
+        for i in range(4):
+            Image.fromarray((np.random.rand(40, 40, 3) * 255).astype(np.uint8)).save(images / f"{i}.png")
+        argv += ["-d", "folder", "--data-root", str(images)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "elbo/deterministic/elbo" in json.loads(out.read_text())["metrics"]
+
+
+def test_dlp_eval_asks_for_a_dataset_when_the_checkpoint_records_none(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "bare.pt", DLP(tiny_config("object")))
+    assert main(["eval", str(path), "--device", "cpu"]) == 2
+    assert "records no training dataset; pass the one to evaluate on with -d/--dataset" in capsys.readouterr().err
+    assert main(["eval", str(path), "-d", "shapes", "--metrics", "discovery", "--num-images", "4", "--device",
+                 "cpu"]) == 0

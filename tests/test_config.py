@@ -1,4 +1,4 @@
-"""DLPConfig / TrainConfig validation, serialisation and the preset registry."""
+"""DLPConfig / DLPTrainConfig validation, serialisation, older checkpoints' keys and the preset registry."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import yaml
 
-from dlp.config import ConfigError, DLPConfig, TrainConfig
-from dlp.presets import get_preset, list_presets
+from dlp.config import ConfigError
+from dlp.models.dlp_v1.config import DLPConfig, DLPTrainConfig
+from dlp.registry import get_preset, list_presets
 from tests.conftest import tiny_config
 
 
@@ -46,7 +47,7 @@ def test_n_kp_prior_larger_than_number_of_patches():
 
 
 def test_unknown_dec_bone():
-    with pytest.raises(ConfigError, match=r"unknown dec_bone 'gauss'"):
+    with pytest.raises(ConfigError, match=r"dec_bone must be one of gauss_pointnetpp_feat, masked, .*, got 'gauss'"):
         tiny_config("masked", dec_bone="gauss")
 
 
@@ -75,10 +76,18 @@ def test_image_size_not_divisible_by_encoder_stride():
         tiny_config("masked", image_size=36, enc_channels=(8, 8, 8, 8))
 
 
-def test_kp_range_other_than_unit():
+def test_single_value_fields_are_not_public_but_older_checkpoints_load():
+    # kp_range and kp_activation only ever accepted one value: they left the config, and the configs saved in older
+    # checkpoints (which hold them, and `prior_anchored_positions`) still load.
+    assert not {"kp_range", "kp_activation", "prior_anchored_positions"} & DLPConfig.field_names()
+    legacy = {**tiny_config("object").to_dict(), "kp_range": [-1, 1], "kp_activation": "tanh",
+              "prior_anchored_positions": True}
+    del legacy["position_encoder"]
+    assert DLPConfig.from_dict(legacy) == tiny_config("anchored")
     with pytest.raises(ConfigError, match=r"kp_range must be \(-1, 1\)"):
-        tiny_config("masked", kp_range=(0, 1))
-    assert tiny_config("masked", kp_range=[-1, 1]).kp_range == (-1.0, 1.0)
+        DLPConfig.from_dict({**legacy, "kp_range": [0, 1]})
+    with pytest.raises(ConfigError, match=r"kp_activation must be 'tanh'"):
+        DLPConfig.from_dict({**legacy, "kp_activation": "sigmoid"})
 
 
 def test_learned_feature_dim_zero():
@@ -92,8 +101,8 @@ def test_object_decoder_without_object_encoder():
 
 
 def test_prior_anchored_positions_need_an_object_model():
-    with pytest.raises(ConfigError, match=r"prior_anchored_positions=True needs the object model"):
-        tiny_config("masked", prior_anchored_positions=True)
+    with pytest.raises(ConfigError, match=r"position_encoder='prior_anchored' needs the object model"):
+        tiny_config("masked", position_encoder="prior_anchored")
 
 
 def test_prior_anchored_positions_need_a_proposal_per_particle():
@@ -160,7 +169,7 @@ def test_every_preset_builds_a_valid_config(name):
     assert isinstance(cfg, DLPConfig)
     assert DLPConfig.from_dict(cfg.to_dict()) == cfg
     train = preset.train_config()
-    assert isinstance(train, TrainConfig) and train.lr > 0
+    assert isinstance(train, DLPTrainConfig) and train.lr > 0
     if name in PRESET_SIZES:
         assert (cfg.is_object_model, cfg.feature_map_size, cfg.glimpse_size, cfg.feature_glimpse_size) == \
             PRESET_SIZES[name]
@@ -180,39 +189,39 @@ def test_presets_registry():
 # TrainConfig
 def test_train_config_negative_lr():
     with pytest.raises(ConfigError, match=r"learning rate must be positive, got -0.001"):
-        TrainConfig(lr=-1e-3)
+        DLPTrainConfig(lr=-1e-3)
 
 
 def test_train_config_zero_lr():
     with pytest.raises(ConfigError, match=r"learning rate must be positive"):
-        TrainConfig(lr=0.0)
+        DLPTrainConfig(lr=0.0)
 
 
 def test_train_config_zero_batch_size():
     with pytest.raises(ConfigError, match=r"batch size must be a positive integer, got 0"):
-        TrainConfig(batch_size=0)
+        DLPTrainConfig(batch_size=0)
 
 
 def test_train_config_zero_epochs():
     with pytest.raises(ConfigError, match=r"number of epochs must be a positive integer, got 0"):
-        TrainConfig(num_epochs=0)
+        DLPTrainConfig(num_epochs=0)
 
 
 def test_train_config_unknown_key():
-    with pytest.raises(ConfigError, match=r"unknown training keys \['learning_rate'\]"):
-        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match=r"unknown DLPTrainConfig keys \['learning_rate'\]"):
+        DLPTrainConfig.from_dict({"learning_rate": 1e-3})
 
 
 def test_train_config_unknown_loss():
-    with pytest.raises(ConfigError, match=r"rec_loss_function must be 'mse' or 'vgg', got 'l1'"):
-        TrainConfig(rec_loss_function="l1")
+    with pytest.raises(ConfigError, match=r"rec_loss_function must be one of mse, vgg, got 'l1'"):
+        DLPTrainConfig(rec_loss_function="l1")
 
 
 def test_train_config_round_trip():
     cfg = get_preset("celeba").train_config(batch_size=8)
     data = cfg.to_dict()
     assert isinstance(data["lr_milestones"], list)
-    assert TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(data))) == cfg
+    assert DLPTrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(data))) == cfg
     assert cfg.batch_size == 8 and cfg.rec_loss_function == "vgg"
 
 
@@ -236,7 +245,7 @@ def test_dlp_config_rejects_non_numeric_strings():
 
 
 def test_train_config_coerces_numeric_strings():
-    cfg = TrainConfig(lr="1e-3", batch_size="8")
+    cfg = DLPTrainConfig(lr="1e-3", batch_size="8")
     assert cfg.lr == 1e-3 and cfg.batch_size == 8
     with pytest.raises(ConfigError, match=r"lr must be a number, got 'fast'"):
-        TrainConfig(lr="fast")
+        DLPTrainConfig(lr="fast")

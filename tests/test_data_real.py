@@ -136,8 +136,17 @@ def test_landmark_folder_missing_parts(tmp_path):
         LandmarkFolderDataset(tmp_path / "a")
     root = make_landmark_folder(tmp_path / "b")
     (root / "landmarks.csv").unlink()
-    with pytest.raises(DatasetNotFoundError, match="landmark file"):
+    with pytest.raises(DatasetNotFoundError, match="has no landmarks.csv; expected .*/images/ .*landmarks.csv"):
         LandmarkFolderDataset(root)
+
+
+def test_landmark_folder_without_images_names_the_folder_typed_and_the_layout(tmp_path, monkeypatch):
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "landmarks.csv").write_text("image,x,y\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"^the landmark folder faces has no images/; expected "
+                                                   r"faces/images/ \(the face images\) and faces/landmarks.csv"):
+        LandmarkFolderDataset("faces")
 
 
 def test_landmark_folder_rows_and_images_must_match(tmp_path):

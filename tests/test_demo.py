@@ -20,7 +20,7 @@ from dlp.checkpoint import save_checkpoint
 from dlp.cli import main
 from dlp.demo import DemoController, DemoState, EditError, parse_edit
 from dlp.demo.cli import preprocess, sample_path
-from dlp.model import DLP
+from dlp.models.dlp_v1.model import DLP
 from tests.conftest import DATA_DIR, REPO, tiny_config
 
 SAMPLES = DATA_DIR / "samples"
@@ -69,7 +69,7 @@ def test_encodes_once_and_decodes_the_forward_pass(kind):
     model, image, state = make_state(kind)
     ref = model(image[None], deterministic=True).rec[0].clamp(0, 1)
     torch.testing.assert_close(state.reconstruction(), ref, rtol=0, atol=1e-6)
-    assert state.positions.shape == (4, 2) and state.features.shape == (5, 3)
+    assert state.positions.shape == (4, 2) and state.features.shape == (4, 3) and state.background.shape == (3,)
     assert (state.obj_on is not None) == (kind == "object")
     calls = []
     original = model.decode
@@ -99,8 +99,8 @@ def test_toggle_object_and_masked_semantics(kind):
     if kind == "object":
         assert float(state.obj_on[2]) == 0.0
     else:
-        parked = state.decode_positions()[2]
-        assert float(parked.abs().max()) > 1.0  # just outside the image
+        decoded = state.model.apply_view(state.particles, state.current_view(), switched_off=state.off[None])
+        assert float(decoded.mu[0, 2].abs().max()) > 1.0  # parked just outside the image
         assert torch.equal(state.positions[2], state.original_positions[2])  # remembered for switching back on
     assert state.toggle(2) is True
     torch.testing.assert_close(state.reconstruction(), rec, rtol=0, atol=1e-6)
@@ -157,13 +157,21 @@ def test_parse_and_apply_edits():
     torch.testing.assert_close(state.pixels()[0], torch.tensor([12.0, 10.0]))
     assert float(state.features[0, 1]) == 0.5 and not bool(state.is_on()[0])
     state.apply(parse_edit("bg:f2=1.5"))
-    assert float(state.features[4, 2]) == 1.5
-    for bad in ("3", "3:dx", "x:dx=1", "3:dz=1", "3:dx=abc", "3:on=2", "3:dx=nan"):
+    assert float(state.background[2]) == 1.5
+    for bad in ("3", "3:dx", "x:dx=1", "3:dx=abc", "3:on=2", "3:dx=nan"):
         with pytest.raises(EditError):
             parse_edit(bad)
     for bad in ("4:dx=0.1", "0:f3=1", "bg:dx=1"):
         with pytest.raises(EditError):
             state.apply(parse_edit(bad))
+
+
+def test_unknown_edit_key_names_the_key_and_the_valid_ones():
+    _, _, state = make_state("object")
+    before = state.positions.clone()
+    with pytest.raises(EditError, match=r"unknown edit key 'dz' .*valid keys for this model: dx, dy, x, y, f0..f2, on"):
+        state.apply(parse_edit("3:dx=0.5,dz=1"))
+    assert torch.equal(state.positions, before)  # nothing applied: every key is checked first
 
 
 # ----------------------------------------------------------------------------------------------------------------

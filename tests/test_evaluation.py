@@ -249,10 +249,10 @@ def test_discovery_matching_is_one_to_one_and_handles_empty_images():
 
 def test_confident_particles_and_pixels():
     obj_on = torch.tensor([[0.9, 0.2, 0.6]])
-    assert confident_particles(torch.zeros(1, 3, 2), obj_on).tolist() == [[True, False, True]]
-    logvar = torch.tensor([[[-1.0, -1.0], [-5.0, -5.0], [-3.0, -3.0]]])
-    assert confident_particles(logvar, topk=2).tolist() == [[False, True, True]]
-    assert confident_particles(logvar).all()
+    assert confident_particles(obj_on, obj_on).tolist() == [[True, False, True]]
+    confidence = torch.tensor([[2.0, 10.0, 6.0]])  # e.g. -sum(logvar) of a masked model
+    assert confident_particles(confidence, topk=2).tolist() == [[False, True, True]]
+    assert confident_particles(confidence).all()
     px = kp_to_pixels(torch.tensor([[-1.0, 1.0], [0.0, 0.0]]), 64)
     torch.testing.assert_close(px, torch.tensor([[0.0, 63.0], [31.5, 31.5]]))
 
@@ -289,29 +289,37 @@ def test_ssim_identical_and_constant_images():
 # Validation ELBO (tiny models)
 @pytest.fixture(scope="module")
 def object_model():
-    from dlp.model import DLP
+    from dlp.models.dlp_v1.model import DLP
 
     torch.manual_seed(0)
     return DLP(tiny_config("object")).eval()
 
 
+def objective_for(model, **weights):
+    """The DLP v1 objective of a run with these training settings (what `validation_elbo` takes its formula from)."""
+    from dlp.models.dlp_v1.config import DLPTrainConfig
+    from dlp.models.dlp_v1.objective import DLPObjective
+
+    return DLPObjective(model.config, DLPTrainConfig(**weights))
+
+
 @pytest.fixture(scope="module")
 def masked_model():
-    from dlp.model import DLP
+    from dlp.models.dlp_v1.model import DLP
 
     torch.manual_seed(0)
     return DLP(tiny_config("masked")).eval()
 
 
-def test_validation_elbo_deterministic_matches_dlp_loss(masked_model):
+def test_validation_elbo_is_the_objectives_loss_at_the_means(masked_model):
     from dlp.evaluation.elbo import validation_elbo
-    from dlp.losses import dlp_loss
+    from dlp.models.dlp_v1.objective import dlp_loss
 
     torch.manual_seed(1)
     x = torch.rand(5, 3, 32, 32)
     batches = [x[:3], x[3:]]  # uneven: 3 + 2
     w = dict(beta_rec=1.0, beta_kl=2.0, kl_balance=0.1)
-    res = validation_elbo(masked_model, batches, **w, official=False)
+    res = validation_elbo(masked_model, batches, objective_for(masked_model, **w), official=False)
     terms = []
     with torch.no_grad():
         for xb in batches:
@@ -323,7 +331,8 @@ def test_validation_elbo_deterministic_matches_dlp_loss(masked_model):
     assert res["num_images"] == 5 and res["num_batches"] == 2
     assert math.isfinite(res["psnr"]) and -1 <= res["ssim"] <= 1
     # deterministic: the same value twice
-    assert validation_elbo(masked_model, batches, **w, official=False)["elbo"] == pytest.approx(res["elbo"])
+    assert validation_elbo(masked_model, batches, objective_for(masked_model, **w), official=False)["elbo"] == \
+        pytest.approx(res["elbo"])
 
 
 def test_validation_elbo_official_definition(object_model):
@@ -335,7 +344,8 @@ def test_validation_elbo_official_definition(object_model):
     batches = [x[:4], x[4:]]
     w = dict(beta_rec=0.5, beta_kl=3.0, kl_balance=0.01)
     object_model.train()  # validation_elbo switches to eval and restores the mode
-    res = validation_elbo(object_model, batches, **w, official=True, seed=123, image_metrics=False)
+    res = validation_elbo(object_model, batches, objective_for(object_model, **w), official=True, seed=123,
+                          image_metrics=False)
     assert object_model.training
     object_model.eval()
     # reproduce by hand: same seed, sampled forward, full posterior incl. background, mean of batch means
@@ -351,9 +361,11 @@ def test_validation_elbo_official_definition(object_model):
     assert res["elbo"] == pytest.approx(float(sum(values) / 2), rel=1e-5)
     assert "psnr" not in res
     # stochastic: another seed gives another value; the same seed the same value
-    again = validation_elbo(object_model, batches, **w, official=True, seed=123, image_metrics=False)
+    again = validation_elbo(object_model, batches, objective_for(object_model, **w), official=True, seed=123,
+                            image_metrics=False)
     assert again["elbo"] == pytest.approx(res["elbo"])
-    other = validation_elbo(object_model, batches, **w, official=True, seed=7, image_metrics=False)
+    other = validation_elbo(object_model, batches, objective_for(object_model, **w), official=True, seed=7,
+                            image_metrics=False)
     assert other["elbo"] != pytest.approx(res["elbo"])
 
 
@@ -361,11 +373,12 @@ def test_validation_elbo_accepts_dict_batches_and_custom_rec_loss(object_model):
     from dlp.evaluation.elbo import EmptyLoaderError, validation_elbo
 
     x = torch.rand(2, 3, 32, 32)
-    res = validation_elbo(object_model, [{"image": x}], rec_loss=lambda a, b: torch.zeros(a.shape[0]),
-                          beta_kl=0.0, official=False)
+    objective = objective_for(object_model, beta_kl=0.0)
+    objective.rec_loss = lambda a, b: torch.zeros(a.shape[0])
+    res = validation_elbo(object_model, [{"image": x}], objective, official=False)
     assert res["elbo"] == 0.0 and res["rec"] == 0.0
     with pytest.raises(EmptyLoaderError):
-        validation_elbo(object_model, [], official=False)
+        validation_elbo(object_model, [], objective, official=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -400,7 +413,8 @@ def test_run_regression_with_figure(masked_model, tmp_path):
 
 def test_evaluate_checkpoint_on_shapes(object_model, tmp_path, capsys):
     from dlp.checkpoint import save_checkpoint
-    from dlp.evaluation.runner import configure_parser, evaluate_checkpoint, format_table
+    from dlp.evaluation.cli import configure_parser
+    from dlp.evaluation.runner import evaluate_checkpoint, format_table
 
     ckpt = save_checkpoint(tmp_path / "model.pt", object_model,
                            train_config={"dataset": "shapes", "beta_kl": 0.05, "kl_balance": 1e-3, "seed": 0})
@@ -440,10 +454,11 @@ def test_evaluate_model_landmark_dispatch(masked_model, monkeypatch, tmp_path):
 
     sets = {"train": LandmarkSet(20, 0), "test": LandmarkSet(8, 1)}
     monkeypatch.setattr(runner, "_build_dataset", lambda name, root, size, split: sets[split])
-    assert runner.default_metrics("celeba") == ["regression"]
-    assert runner.default_metrics("my-faces") == ["regression"]  # probed: the items carry landmarks
+    # what a dataset has comes from its registry entry
+    assert runner.default_metrics("celeba") == runner.default_metrics("landmarks") == ["regression"]
     assert runner.default_metrics("shapes") == ["discovery", "elbo"]
-    res = runner.evaluate_model(masked_model, dataset="my-faces", topk=3, batch_size=8, untrained_baseline=False,
+    assert runner.default_metrics("clevrer") == runner.default_metrics("folder") == ["elbo"]
+    res = runner.evaluate_model(masked_model, dataset="landmarks", topk=3, batch_size=8, untrained_baseline=False,
                                 figure_path=tmp_path / "fig.png")
     assert "regression/fair/mu_logvar_features@top3" in res["metrics"]
     assert "regression/baseline/mean_shape" in res["metrics"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlp.model.glimpse import composite, exclusive_coverage, extract_glimpses, paste_glimpses, square_masks
+from dlp.models.dlp_v1.glimpse import composite, exclusive_coverage, extract_glimpses, paste_glimpses, square_masks
 
 # (canvas N, glimpse/square side P): N - P must be even; includes the masked model's 2-cell heat-map glimpses.
 GEOMETRIES = [(16, 2), (16, 4), (16, 8), (32, 8), (32, 16), (64, 16), (64, 32)]

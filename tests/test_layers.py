@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlp.model.layers import MLP, ConvBlock, KeypointCNN, gaussian_maps, init_official, spatial_softmax
+from dlp.models.dlp_v1.layers import MLP, ConvBlock, KeypointCNN, gaussian_maps, init_official, spatial_softmax
 
 
 # ----------------------------------------------------------------------------------------------------------------

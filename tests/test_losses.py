@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from dlp.losses import alpha_spread, chamfer_kl, dlp_loss, gaussian_kl, glimpse_reconstruction, mse_reconstruction
+from dlp.losses import chamfer_kl, gaussian_kl, glimpse_reconstruction, mse_reconstruction
+from dlp.models.dlp_v1.extensions import alpha_spread
+from dlp.models.dlp_v1.objective import dlp_loss
 
 LOGVAR_PRIOR = math.log(0.1**2)
 
@@ -201,7 +203,7 @@ def test_dlp_loss_combination_formula():
     torch.testing.assert_close(terms.loss, 0.7 * rec + 30.0 * (kl_kp + 0.01 * kl_feat))
     torch.testing.assert_close(terms.active, out.obj_on.sum(-1).mean())
     torch.testing.assert_close(terms.spread, alpha_spread(out.dec_glimpses).mean())
-    assert set(terms.detached()) == {"loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread"}
+    assert set(terms.as_dict()) == {"loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread"}
 
 
 def _loss_without_and_with(out, **extra_costs):

@@ -1,17 +1,19 @@
-"""The DLP model (src/dlp/model/dlp.py) on tiny configs, checkpoints, and every preset."""
+"""The DLP v1 model (src/dlp/models/dlp_v1/) on tiny configs, checkpoints, and every preset."""
 
 from __future__ import annotations
 
 import pathlib
+from dataclasses import replace
 
 import pytest
 import torch
 
 from dlp import create_model, list_presets
 from dlp.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from dlp.config import DLPConfig
-from dlp.losses import dlp_loss
-from dlp.model import DLP, DLPOutput
+from dlp.models.dlp_v1.config import DLPConfig
+from dlp.models.dlp_v1.extensions import PriorAnchoredPositionEncoder
+from dlp.models.dlp_v1.model import DLP, DLPOutput
+from dlp.models.dlp_v1.objective import dlp_loss
 from tests.conftest import tiny_config
 
 KINDS = ["object", "anchored", "masked"]
@@ -122,7 +124,7 @@ def test_encoder_trains_only_through_positions():
     out = model(images(), deterministic=True)
     (out.obj_on.sum() + out.mu_features.sum()).backward()
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.encoder.parameters())
-    assert all(p.grad is not None for p in model.obj_on_head.parameters())
+    assert all(p.grad is not None for p in model.position_encoder.obj_on_head.parameters())
 
 
 def test_prior_anchored_particles_sit_within_half_a_glimpse_of_the_top_proposals():
@@ -132,21 +134,21 @@ def test_prior_anchored_particles_sit_within_half_a_glimpse_of_the_top_proposals
     with torch.no_grad():
         out = model(x, deterministic=True)
         anchors, _ = model.prior(x)
-    assert model.to_normal_stats is None and model.obj_on_head is None
+    assert isinstance(model.position_encoder, PriorAnchoredPositionEncoder)  # chosen once, in the constructor
     offsets = (out.mu[:, :k] - anchors[:, :k]).abs()
     assert offsets.max() <= reach + 1e-6 and offsets.max() > 0
     # The anchors are detached: positions train the offsets, and the prior learns only from the Chamfer-KL.
     model.train()
     model(x, deterministic=True).mu.sum().backward()
     assert all(p.grad is None for p in model.prior.parameters())
-    assert all(p.grad is not None for p in model.anchor_offsets.parameters())
+    assert all(p.grad is not None for p in model.position_encoder.parameters())
 
 
 def test_noisy_phase_gives_obj_on_a_zero_gradient():
     model = make("object").train()
     x = images()
     loss_of(model, model(x, noisy_masks=True), x).loss.backward()
-    for p in model.obj_on_head.parameters():
+    for p in model.position_encoder.obj_on_head.parameters():
         assert p.grad is not None and p.grad.abs().max() == 0  # 0 * obj_on + U(0, 1)
 
 
@@ -244,7 +246,7 @@ def test_encode_decode_reproduce_deterministic_forward(kind, overrides):
     assert not particles.mu.requires_grad
     with torch.no_grad():
         out = model(x, deterministic=True)
-        decoded = model.decode(particles.mu, particles.mu_features, heatmap=particles.heatmap, obj_on=particles.obj_on)
+        decoded = model.decode(particles)
     for name in ("mu", "logvar", "mu_features", "logvar_features", "heatmap"):
         assert torch.equal(getattr(particles, name), getattr(out, name)), name
     if kind != "masked":
@@ -261,13 +263,13 @@ def test_decode_edited_particles_changes_rec(kind):
     model = make(kind).eval()
     p = model.encode(images())
     with torch.no_grad():
-        base = model.decode(p.mu, p.mu_features, heatmap=p.heatmap, obj_on=p.obj_on).rec
+        base = model.decode(p).rec
         z = p.mu.clone()
         z[:, 0] = -z[:, 0] if kind == "masked" else torch.tensor([0.8, -0.8])
-        moved = model.decode(z, p.mu_features, heatmap=p.heatmap, obj_on=p.obj_on).rec
+        moved = model.decode(replace(p, mu=z)).rec
         features = p.mu_features.clone()
         features[:, :-1] += 3.0  # every foreground particle (the masked model sees features through PointNet only)
-        restyled = model.decode(p.mu, features, heatmap=p.heatmap, obj_on=p.obj_on).rec
+        restyled = model.decode(replace(p, mu_features=features)).rec
     scale = base.abs().max()
     assert scale > 1e-2
     assert (moved - base).abs().max() > 1e-3 * scale
@@ -279,9 +281,9 @@ def test_decode_obj_on_switches_objects():
     model = make("object").eval()
     p = model.encode(images())
     with torch.no_grad():
-        default = model.decode(p.mu, p.mu_features)
-        ones = model.decode(p.mu, p.mu_features, obj_on=torch.ones(B, model.config.n_kp_enc))
-        off = model.decode(p.mu, p.mu_features, obj_on=torch.zeros(B, model.config.n_kp_enc))
+        default = model.decode(replace(p, obj_on=None))
+        ones = model.decode(replace(p, obj_on=torch.ones(B, model.config.n_kp_enc)))
+        off = model.decode(replace(p, obj_on=torch.zeros(B, model.config.n_kp_enc)))
     assert torch.equal(default.rec, ones.rec)  # default: every object on
     assert off.dec_objects.abs().max() == 0
     assert not torch.allclose(off.rec, ones.rec)
@@ -291,7 +293,7 @@ def test_masked_decode_requires_the_heatmap():
     model = make("masked").eval()
     p = model.encode(images())
     with pytest.raises(ValueError, match="heatmap"):
-        model.decode(p.mu, p.mu_features)
+        model.decode(replace(p, heatmap=None))
 
 
 def test_masked_model_without_glimpse_encoder():

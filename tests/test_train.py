@@ -15,11 +15,13 @@ import yaml
 
 from dlp.checkpoint import read_checkpoint, save_checkpoint
 from dlp.cli import build_parser, main
-from dlp.config import ConfigError, TrainConfig
+from dlp.config import ConfigError
+from dlp.models.dlp_v1.config import DLPTrainConfig
 from dlp.data.shapes import ShapesDataset
-from dlp.engine.cli import resolve_configs
-from dlp.engine.trainer import RunOptions, Trainer, obj_on_cost_weight, parameter_groups
-from dlp.model import DLP
+from dlp.engine.cli import resolve_args
+from dlp.engine.trainer import RunOptions, Trainer
+from dlp.models.dlp_v1.objective import DLPObjective, parameter_groups
+from dlp.models.dlp_v1.model import DLP
 from tests.conftest import tiny_config
 
 TINY = dict(image_size=32, enc_channels=[8, 8], prior_channels=[8, 8], glimpse_channels=[8, 8], n_kp_enc=4,
@@ -51,7 +53,9 @@ def test_cli_run_writes_config_metrics_figures_and_checkpoints(tmp_path, tiny_ya
     assert (run / "figures" / "latest.png").is_file() and (run / "figures" / "loss_curves.png").is_file()
     last = read_checkpoint(run / "checkpoints" / "last.pt")
     assert last["epoch"] == 2 and last["step"] == 8 and last["config"]["n_kp_enc"] == 4
-    assert {"optimizer_e", "optimizer_d", "scheduler_e", "scheduler_d", "rng"} <= set(last["train_state"])
+    assert {"optimizers", "schedulers", "rng"} <= set(last["train_state"])
+    assert len(last["train_state"]["optimizers"]) == 2  # DLP v1's two Adams (encoders, decoders)
+    assert last["arch"] == "dlp"
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
@@ -69,13 +73,15 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, tiny_yaml):
 
 
 def _resolve(*argv: str):
-    args = build_parser().parse_args(["train", *argv])
-    return resolve_configs(args)
+    """(preset, model config, train config) of a `dlp train` command line."""
+    args = build_parser(["train", *argv]).parse_args(["train", *argv])
+    resolved = resolve_args(args)
+    return resolved.preset, resolved.model, resolved.train
 
 
 def test_resume_keeps_the_runs_dataset_and_settings(tmp_path):
     model = DLP(tiny_config("masked"))
-    train = TrainConfig(dataset="landmarks", data_root="faces", batch_size=4, beta_kl=7.0)
+    train = DLPTrainConfig(dataset="landmarks", data_root="faces", batch_size=4, beta_kl=7.0)
     save_checkpoint(tmp_path / "last.pt", model, train_config=train.to_dict())
     _, model_config, resumed = _resolve("--resume", str(tmp_path / "last.pt"))
     assert model_config == model.config
@@ -96,8 +102,13 @@ def test_typed_flags_override_only_themselves():
     assert _resolve("-d", "clevrer")[0] == "clevrer" and _resolve("-d", "landmarks")[0] == "celeba64"
     _, model, _ = _resolve("-d", "shapes", "--no-exclusive_patches")
     assert model.exclusive_patches is False
-    assert _resolve("-d", "shapes", "--prior_anchored_positions")[1].prior_anchored_positions is True
-    assert _resolve("--preset", "shapes-quick", "--no-prior_anchored_positions")[1].prior_anchored_positions is False
+    assert _resolve("-d", "shapes", "--position_encoder", "prior_anchored")[1].position_encoder == "prior_anchored"
+    assert _resolve("--preset", "shapes-quick", "--position-encoder", "heatmap")[1].position_encoder == "heatmap"
+    # every flag in both spellings, the official underscore one and the dashed one
+    assert _resolve("-d", "shapes", "--batch-size", "8")[2].batch_size == _resolve("-d", "shapes", "--batch_size", "8")[2].batch_size == 8
+    assert _resolve("-d", "shapes", "--image_size", "128")[1].image_size == 128
+    # the extension costs: flat flags, one group of the objective
+    assert _resolve("-d", "shapes", "--beta_obj_on", "2")[2].extensions.beta_obj_on == 2.0
 
 
 def test_config_file_then_typed_flags(tmp_path):
@@ -111,12 +122,12 @@ def test_config_file_then_typed_flags(tmp_path):
     "argv, message",
     [
         (["--preset", "nope"], "unknown preset 'nope'"),
-        (["-d", "folder"], "has no paper preset"),
+        (["-d", "folder"], "has no default preset"),
         (["-d", "shapes", "-b", "0"], "batch size must be a positive integer"),
         (["-d", "shapes", "-l", "-1"], "learning rate must be positive"),
         (["-d", "shapes", "-n", "0"], "number of epochs must be a positive integer"),
         (["-d", "shapes", "--anchor_s", "0.3"], "not a power of two"),
-        (["-d", "celeba", "--prior_anchored_positions"], "needs the object model"),
+        (["-d", "celeba", "--position_encoder", "prior_anchored"], "needs the object model"),
     ],
 )
 def test_bad_configuration_is_refused_with_one_sentence(argv, message, capsys, tmp_path):
@@ -136,7 +147,7 @@ def test_config_file_with_unknown_key(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("n_kp_enc: 4\nlearning_rate: 0.1\n")
     assert main(["train", "--config", str(path)]) == 2
-    assert "unknown keys ['learning_rate']" in capsys.readouterr().err
+    assert "unknown settings ['learning_rate']" in capsys.readouterr().err
 
 
 def test_missing_data_root(tmp_path, capsys):
@@ -168,7 +179,7 @@ def test_images_of_the_wrong_size_are_refused(tmp_path):
     model_config = tiny_config("object")
     dataset = ShapesDataset(16, image_size=64)
     with pytest.raises(ValueError, match=r"pass --image-size 64"):
-        Trainer(model_config, TrainConfig(batch_size=4), RunOptions(output_dir=str(tmp_path), device="cpu"),
+        Trainer(model_config, DLPTrainConfig(batch_size=4), RunOptions(output_dir=str(tmp_path), device="cpu"),
                 train_dataset=dataset)
 
 
@@ -194,7 +205,7 @@ class _InterruptAfter(torch.utils.data.Dataset):
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_saves_last_checkpoint(tmp_path, how):
     dataset = ShapesDataset(32, image_size=32, min_size=5, max_size=7)
-    trainer = Trainer(tiny_config("object"), TrainConfig(batch_size=4, num_epochs=3, warmup_epoch=0),
+    trainer = Trainer(tiny_config("object"), DLPTrainConfig(batch_size=4, num_epochs=3, warmup_epoch=0),
                       RunOptions(output_dir=str(tmp_path), name="run", device="cpu", progress=False),
                       train_dataset=_InterruptAfter(dataset, calls=1 + 8 + 2, how=how), eval_fn=lambda *a, **k: {})
     result = trainer.fit()
@@ -202,14 +213,14 @@ def test_interrupt_saves_last_checkpoint(tmp_path, how):
     state = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     # Accelerate's loader fetches one batch ahead, so the interrupt lands after one or two completed steps.
     assert state["step"] in (1, 2) and state["train_state"]["batch_in_epoch"] == state["step"]
-    resumed = Trainer(tiny_config("object"), TrainConfig(batch_size=4, num_epochs=3, warmup_epoch=0),
+    resumed = Trainer(tiny_config("object"), DLPTrainConfig(batch_size=4, num_epochs=3, warmup_epoch=0),
                       RunOptions(output_dir=str(tmp_path), resume=str(tmp_path / "run"), device="cpu", progress=False),
                       train_dataset=dataset, eval_fn=lambda *a, **k: {}).fit()
     assert not resumed.interrupted and resumed.step == 3 * 8
 
 
 def _tiny_object_trainer(tmp_path, **train_settings) -> Trainer:
-    tcfg = TrainConfig(batch_size=4, warmup_epoch=1, beta_kl=0.5, **train_settings)
+    tcfg = DLPTrainConfig.from_dict(dict(batch_size=4, warmup_epoch=1, beta_kl=0.5, **train_settings))
     return Trainer(tiny_config("object"), tcfg, RunOptions(output_dir=str(tmp_path), device="cpu", progress=False),
                    train_dataset=ShapesDataset(8, image_size=32, min_size=5, max_size=7), eval_fn=lambda *a, **k: {})
 
@@ -227,11 +238,14 @@ def test_object_costs_apply_only_in_the_phases_where_they_make_sense(tmp_path):
 
 def test_obj_on_cost_ramps_up_over_the_first_normal_epochs(tmp_path):
     # warm-up epoch 0, noisy epochs 1-4, normal from epoch 5: the weight reaches 8 at the fourth normal epoch.
-    ramped = TrainConfig(warmup_epoch=1, beta_obj_on=8.0, obj_on_ramp_epochs=4)
-    assert [obj_on_cost_weight(ramped, epoch) for epoch in range(5, 11)] == [2.0, 4.0, 6.0, 8.0, 8.0, 8.0]
-    assert obj_on_cost_weight(TrainConfig(warmup_epoch=1, beta_obj_on=8.0), 5) == 8.0
+    def objective(**settings) -> DLPObjective:
+        return DLPObjective(tiny_config("object"), DLPTrainConfig.from_dict(dict(warmup_epoch=1, **settings)))
+
+    ramped = objective(beta_obj_on=8.0, obj_on_ramp_epochs=4)
+    assert [ramped.obj_on_weight(epoch) for epoch in range(0, 11)] == [0.0] * 5 + [2.0, 4.0, 6.0, 8.0, 8.0, 8.0]
+    assert objective(beta_obj_on=8.0).obj_on_weight(5) == 8.0
     with pytest.raises(ConfigError, match="obj_on_ramp_epochs"):
-        TrainConfig(obj_on_ramp_epochs=-1)
+        DLPTrainConfig.from_dict({"obj_on_ramp_epochs": -1})
 
     trainer = _tiny_object_trainer(tmp_path, beta_obj_on=100.0, obj_on_ramp_epochs=4)
     batch = next(iter(trainer.loader))
@@ -246,7 +260,7 @@ def test_optimiser_split_is_the_official_one():
     enc_ids, dec_ids = set(map(id, enc)), set(map(id, dec))
     assert enc_ids.isdisjoint(dec_ids)
     assert {id(p) for p in model.prior.parameters()} <= enc_ids
-    assert {id(p) for p in model.obj_on_head.parameters()} <= enc_ids
+    assert {id(p) for p in model.position_encoder.obj_on_head.parameters()} <= enc_ids
     assert {id(p) for p in model.glimpse_decoder.parameters()} <= dec_ids
     assert {id(p) for p in model.pointnet.parameters()} <= dec_ids
 
@@ -265,3 +279,62 @@ def test_two_process_cpu_run_writes_one_checkpoint(tmp_path, tiny_yaml):
     # 32 images, 2 processes x batch 4: 4 steps per epoch on each process.
     assert state["step"] == 4
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A new user's first runs
+def test_progress_bar_ends_where_max_steps_stops_the_run(tmp_path, tiny_yaml, capsys):
+    # 32 images at batch 8: 4 steps per epoch; --max-steps 3 must give a bar of 3 steps, not of the epoch (or run).
+    assert main(["train", "-d", "shapes", "--config", str(tiny_yaml), "-b", "8", "-n", "50", "--output-dir",
+                 str(tmp_path / "runs"), "--name", "bar", "--device", "cpu", "--max-steps", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "0/3 [" in err and "/4 [" not in err
+
+
+def test_a_run_shorter_than_the_logging_interval_still_reports(tmp_path, tiny_yaml, capsys):
+    # 2 steps: fewer than log_every (10), inside the first epoch, before any evaluation epoch.
+    assert train_cli(tmp_path, tiny_yaml, "--max-steps", "2", "-e", "5") == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["step"] == 2 and records[0]["partial"] is True
+    assert "stopped at step 2" in out and "loss=" in out
+    assert (run / "figures" / "latest.png").is_file() and (run / "figures" / "step_0000002.png").is_file()
+
+
+def test_train_help_groups_flags_and_describes_them_truthfully(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    headings = ["data:", "model (architecture):", "objective and optimisation:",
+                "extensions (not in the papers; off by default):", "run:"]
+    positions = [text.index(h) for h in headings]
+    assert positions == sorted(positions)
+    extensions = text[positions[3]:positions[4]]
+    for flag in ("--beta_obj_on", "--obj_on_ramp_epochs", "--beta_spread", "--position_encoder"):
+        assert flag in extensions
+    flat = " ".join(text.split())
+    no_progress = flat.split("--no-progress, --no_progress ", 1)[1]
+    assert no_progress.startswith("no progress bars") and "default" not in no_progress[:40]  # not "(default: True)"
+    assert "<preset><PREFIX>-<date>-<time>" in flat  # -p/--prefix: where the text goes
+    for both in ("--batch_size BATCH_SIZE, --batch-size BATCH_SIZE", "--max-steps MAX_STEPS, --max_steps MAX_STEPS",
+                 "--n_kp_prior N_KP_PRIOR, --n-kp-prior N_KP_PRIOR, --n_kp_enc_prior"):
+        assert both in flat
+
+
+def test_official_flag_alias_and_both_spellings_resolve_alike():
+    assert _resolve("-d", "shapes", "--n_kp_enc_prior", "12")[1].n_kp_prior == 12
+    assert _resolve("-d", "shapes", "--num-epochs", "7")[2].num_epochs == _resolve("-d", "shapes", "--num_epochs",
+                                                                                    "7")[2].num_epochs == 7
+    with pytest.raises(ConfigError, match=r"image size 48 is not supported by this model: .*valid sizes with the "
+                                          r"other settings unchanged: 64, 128, 256"):
+        _resolve("-d", "shapes", "--image-size", "48")
+
+
+def test_dlp_eval_takes_a_run_directory(tmp_path, tiny_yaml, capsys):
+    assert train_cli(tmp_path, tiny_yaml, "-n", "1") == 0
+    run = tmp_path / "runs" / "run"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--metrics", "discovery", "--num-images", "4", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint: {run / 'checkpoints' / 'best.pt'}" in out and "discovery/recall@4" in out

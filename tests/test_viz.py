@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dlp import viz
+from dlp.models.dlp_v1.figures import glimpse_figure, training_figure
 
 
 def test_import_does_not_load_matplotlib():
@@ -162,7 +163,7 @@ def _tile(grid, row, col, h):
 def test_training_figure_object_model():
     out = _fake_output()
     x = torch.rand(3, 3, 32, 32)
-    grid = viz.training_figure(x, out, topk=2, iou_thresh=0.2, anchor_s=0.25, max_imgs=2)
+    grid = training_figure(x, out, topk=2, iou_thresh=0.2, anchor_s=0.25, max_imgs=2)
     assert grid.shape == (3, 2 + 7 * 34, 2 + 2 * 34)  # 7 rows, 2 columns
     torch.testing.assert_close(_tile(grid, 0, 1, 32), x[1])
     torch.testing.assert_close(_tile(grid, 2, 0, 32), out.rec[0].clamp(0, 1))
@@ -183,17 +184,17 @@ def test_training_figure_object_model():
     idx = idx[viz.nms(boxes[i, idx], scores[i, idx], 0.2)]
     expected = viz.draw_boxes(x[:1], [boxes[i, idx]], [colors[idx]], [scores[i, idx]])
     torch.testing.assert_close(_tile(grid, 6, 0, 32), expected[0])
-    glimpses = viz.glimpse_figure(out, n=5)
+    glimpses = glimpse_figure(out, n=5)
     assert glimpses.shape == (3, 2 + 2 * 10, 2 + 5 * 10)
 
 
 def test_training_figure_masked_model_and_x_prior():
     out = _fake_output(obj=False)
     x, x_prior = torch.rand(2, 3, 32, 32), torch.zeros(2, 3, 32, 32)
-    grid = viz.training_figure(x, out, x_prior=x_prior, topk=10)
+    grid = training_figure(x, out, x_prior=x_prior, topk=10)
     assert grid.shape == (3, 2 + 5 * 34, 2 + 2 * 34)  # no object rows; topk capped at K
     prior_tile = _tile(grid, 3, 0, 32)
     assert (prior_tile.sum(0) > 0).any() and (prior_tile.sum(0) == 0).any()  # proposals on the black x_prior
-    assert viz.glimpse_figure(out) is None
+    assert glimpse_figure(out) is None
     with pytest.raises(ValueError):
-        viz.training_figure(x, _fake_output(b=2), box_scores="area")
+        training_figure(x, _fake_output(b=2), box_scores="area")

@@ -1,28 +1,53 @@
-"""Deep Latent Particles (Daniel & Tamar, ICML 2022) in plain PyTorch.
+"""Deep Latent Particles in plain PyTorch: DLP v1 (Daniel & Tamar, ICML 2022), DLPv2 and DDLP (TMLR 2024).
 
 >>> import dlp
->>> model = dlp.create_model("shapes")            # a paper preset
->>> particles = model.encode(images)              # positions, uncertainties, features
+>>> dlp.list_models()                                # model families
+>>> model = dlp.create_model("shapes")               # a paper preset (or a family name)
+>>> particles = model.encode(images)                 # the posterior particles
 >>> dlp.save_checkpoint("model.pt", model); model = dlp.load_checkpoint("model.pt")
+
+Names are imported on first use, so `import dlp` (and the `dlp` command's help) does not load torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from dlp.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from dlp.config import DLPConfig, TrainConfig  # noqa: E402
-from dlp.model import DLP, Decoded, DLPOutput, Particles  # noqa: E402
-from dlp.presets import create_model, get_preset, list_presets  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "DLP",
-    "DLPConfig",
-    "DLPOutput",
-    "Decoded",
-    "Particles",
-    "TrainConfig",
-    "create_model",
-    "get_preset",
-    "list_presets",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "list_models": "dlp.registry",
+    "list_presets": "dlp.registry",
+    "get_preset": "dlp.registry",
+    "get_family": "dlp.registry",
+    "create_model": "dlp.registry",
+    "register_family": "dlp.registry",
+    "register_preset": "dlp.registry",
+    "Preset": "dlp.registry",
+    "load_checkpoint": "dlp.checkpoint",
+    "save_checkpoint": "dlp.checkpoint",
+    "ConfigError": "dlp.config",
+    "TrainConfig": "dlp.config",
+    "resolve_config": "dlp.config",
+    "ParticleView": "dlp.models.base",
+    "DLP": "dlp.models.dlp_v1.model",
+    "DLPOutput": "dlp.models.dlp_v1.model",
+    "Decoded": "dlp.models.dlp_v1.model",
+    "Particles": "dlp.models.dlp_v1.model",
+    "DLPConfig": "dlp.models.dlp_v1.config",
+    "DLPTrainConfig": "dlp.models.dlp_v1.config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dlp' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,8 +1,10 @@
-"""Self-describing checkpoints: the model config travels with the weights.
+"""Self-describing checkpoints: the model family and its config travel with the weights.
 
 A checkpoint is a dict saved with `torch.save` and read with `weights_only=True`:
-`{"format", "version", "config", "model", ...}` plus whatever the trainer adds (train config, optimisers,
-schedulers, epoch, step, RNG states, metrics). Writes are atomic: a crash mid-write never leaves a broken file.
+`{"format", "version", "arch", "config", "model", ...}` plus whatever the trainer adds (train config, optimisers,
+schedulers, epoch, step, RNG states, metrics). `arch` names the model family (`dlp.list_models()`); checkpoints
+written before it existed are DLP v1 ("dlp"). Writes are atomic: a crash mid-write never leaves a broken file, and the
+file gets the permissions of any other new file (the umask), not those of the temporary file.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 import torch
 
 from dlp import __version__
-from dlp.config import DLPConfig
 
 FORMAT = "deep-latent-particles/1"
+LEGACY_ARCH = "dlp"  # checkpoints without "arch" were written when DLP v1 was the only family
 
 
 class CheckpointError(ValueError):
@@ -40,15 +42,26 @@ def _plain(value: Any, where: str) -> Any:
     raise CheckpointError(f"{where} is a {type(value).__name__}, which a weights-only checkpoint cannot hold.")
 
 
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: Any) -> Path:
-    """Atomically write `model` (its config and weights) and extra state (tensors, numbers, strings, containers)."""
+    """Atomically write `model` (its family, config and weights) and extra state (tensors, numbers, strings,
+    containers)."""
+    from dlp.registry import family_of
+
     extra = {key: _plain(value, key) for key, value in extra.items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": __version__, "config": model.config.to_dict(),
-               "model": model.state_dict(), **extra}
+    payload = {"format": FORMAT, "version": __version__, "arch": family_of(model).name,
+               "config": model.config.to_dict(), "model": model.state_dict(), **extra}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -61,11 +74,28 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: An
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict, validated; raises `CheckpointError` for missing, corrupt or foreign files."""
-    path = Path(path)
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory of `dlp train` (its best.pt, else its last.pt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            for candidate in (path / "checkpoints" / name, path / name):
+                if candidate.is_file():
+                    return candidate
+        raise CheckpointError(f"{path} is a folder without checkpoints/best.pt or checkpoints/last.pt; pass a run "
+                              "directory of `dlp train` or a .pt file.")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file written by `dlp train`.")
+        raise CheckpointError(f"checkpoint {path} does not exist; pass a .pt file or a run directory written by "
+                              "`dlp train`.")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, validated; raises `CheckpointError` for missing, corrupt or foreign files.
+
+    `path` is a .pt file or a run directory (its best.pt, else last.pt). Checkpoints without "arch" are DLP v1's.
+    """
+    path = resolve_checkpoint_path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or non-torch files
@@ -77,6 +107,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} is not a deep-latent-particles checkpoint; convert official DLP weights with "
             "`dlp convert-official IN.pth --preset NAME -o OUT.pt`."
         )
+    payload.setdefault("arch", LEGACY_ARCH)
     return payload
 
 
@@ -88,9 +119,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def model_from_checkpoint(payload: dict[str, Any], map_location: str | torch.device = "cpu", *,
                           source: str | os.PathLike = "the checkpoint"):
     """The model of an already read checkpoint (`read_checkpoint`), for callers that also need its other entries."""
-    from dlp.model import DLP
+    from dlp.registry import get_family
 
-    model = DLP(DLPConfig.from_dict(payload["config"]))
+    model = get_family(payload.get("arch", LEGACY_ARCH)).build_model(payload["config"])
     try:
         model.load_state_dict(payload["model"], strict=True)
     except RuntimeError as exc:

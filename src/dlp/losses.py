@@ -1,8 +1,9 @@
-"""DLP losses as pure functions: Chamfer-KL, Gaussian KL, reconstruction, and the training objective."""
+"""Loss terms shared by the model families, as pure functions: Chamfer-KL, Gaussian KL, reconstruction.
+
+Each family combines them into its objective (e.g. `dlp.models.dlp_v1.objective.dlp_loss`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -56,72 +57,3 @@ def glimpse_reconstruction(target: torch.Tensor, dec_glimpses: torch.Tensor,
         target = F.interpolate(target, size=32, mode="bilinear", align_corners=False)
         decoded = F.interpolate(decoded, size=32, mode="bilinear", align_corners=False)
     return rec_loss(target, decoded).mean()
-
-
-def active_particles(obj_on: torch.Tensor) -> torch.Tensor:
-    """Expected number of switched-on particles per image, the sparsity penalty on `obj_on`: [B, K] -> [B]."""
-    return obj_on.sum(-1)
-
-
-def alpha_spread(dec_glimpses: torch.Tensor) -> torch.Tensor:
-    """Spread of the decoded objects around their particles: [B, K, 1+C, S, S] -> [B].
-
-    The second moment of each decoded glimpse's alpha (clamped to [0, 1], as it is pasted) about the glimpse centre,
-    summed over pixels and particles, with distances in glimpse half-widths: a pixel of alpha 1 costs its squared
-    distance from the particle, up to 2 in the glimpse corners; a glimpse filled with alpha 1 costs about 2/3 per pixel.
-    """
-    alpha = dec_glimpses[:, :, 0].clamp(0.0, 1.0)
-    size = alpha.shape[-1]
-    coords = (torch.arange(size, device=alpha.device, dtype=alpha.dtype) + 0.5) / size * 2.0 - 1.0
-    squared_distance = coords[:, None] ** 2 + coords[None, :] ** 2  # [S, S]
-    return (alpha * squared_distance).sum((-1, -2)).sum(-1)
-
-
-@dataclass
-class LossTerms:
-    """The training objective and its parts (0-dim tensors, batch means).
-
-    loss = beta_rec * rec + beta_kl * (kl_kp + kl_balance * kl_feat) + beta_obj_on * active + beta_spread * spread,
-    kl = kl_kp + kl_balance * kl_feat; `active` is `active_particles(obj_on)` and `spread` is
-    `alpha_spread(dec_glimpses)` (both 0 for masked models).
-    """
-
-    loss: torch.Tensor
-    rec: torch.Tensor
-    kl: torch.Tensor
-    kl_kp: torch.Tensor
-    kl_feat: torch.Tensor
-    active: torch.Tensor
-    spread: torch.Tensor
-
-    def detached(self) -> dict[str, torch.Tensor]:
-        return {name: value.detach() for name, value in vars(self).items()}
-
-
-def dlp_loss(out, x: torch.Tensor, *, beta_rec: float, beta_kl: float, kl_balance: float, logvar_prior: float,
-             warmup: bool = False, rec_loss: ReconstructionLoss | None = None, beta_obj_on: float = 0.0,
-             beta_spread: float = 0.0) -> LossTerms:
-    """The official DLP objective for a `DLPOutput` (`train_dlp.py`), plus two optional costs for object models.
-
-    rec_loss maps (x, rec) -> [B] (default: per-image summed squared error); in the object model's warm-up the
-    reconstruction term compares decoded and encoder glimpses instead. The Chamfer-KL excludes the background
-    particle; the feature KL covers all K+1 particles. beta_obj_on > 0 (object models; not in the official objective)
-    charges every switched-on particle, so particles that reconstruct nothing switch off. beta_spread > 0 (object
-    models; not in the official objective) charges decoded alpha far from the particle, so a particle draws its object
-    centred on itself, and sits on the object's centre, instead of an opaque square anywhere in the glimpse.
-    """
-    if warmup and out.dec_glimpses is not None:
-        rec = glimpse_reconstruction(out.glimpses, out.dec_glimpses, rec_loss)
-    else:
-        rec = (rec_loss or mse_reconstruction)(x, out.rec).mean()
-    kl_kp = chamfer_kl(out.mu[:, :-1], out.logvar[:, :-1], out.kp_prior, logvar_prior).mean()
-    kl_feat = gaussian_kl(out.mu_features, out.logvar_features).sum(-1).mean()
-    kl = kl_kp + kl_balance * kl_feat
-    loss = beta_rec * rec + beta_kl * kl
-    active = active_particles(out.obj_on).mean() if out.obj_on is not None else torch.zeros_like(kl)
-    if beta_obj_on:
-        loss = loss + beta_obj_on * active
-    spread = alpha_spread(out.dec_glimpses).mean() if out.dec_glimpses is not None else torch.zeros_like(kl)
-    if beta_spread:
-        loss = loss + beta_spread * spread
-    return LossTerms(loss, rec, kl, kl_kp, kl_feat, active, spread)

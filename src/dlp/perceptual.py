@@ -267,3 +267,25 @@ def glimpse_vgg_distance(
         x = F.interpolate(x, size=min_size, mode="bilinear", align_corners=False)
         y = F.interpolate(y, size=min_size, mode="bilinear", align_corners=False)
     return vgg_distance(x, y, reduction, vgg=vgg)
+
+
+def reconstruction_loss(name: str, *, device: str | torch.device = "cpu", weights: WeightsArg = "imagenet",
+                        fallback_to_mse: bool = False):
+    """The per-image reconstruction loss called `name` and the name of what is actually used.
+
+    'mse' -> (None, 'mse'): the callers' default, the summed squared error. 'vgg' -> (`(x, rec) -> [B]` with the
+    official VGG distance, 'vgg'); without reachable ImageNet weights it raises `VGGWeightsError`, or with
+    `fallback_to_mse` warns and returns (None, 'mse (vgg weights unavailable)').
+    """
+    if name != "vgg":
+        return None, "mse"
+    try:
+        vgg = VGGPerceptual(weights=weights).to(device)
+    except VGGWeightsError as exc:
+        if not fallback_to_mse:
+            raise
+        import warnings
+
+        warnings.warn(f"using MSE instead of the run's VGG loss: {exc}", stacklevel=2)
+        return None, "mse (vgg weights unavailable)"
+    return (lambda x, rec: vgg(x, rec, reduction="none")), "vgg"

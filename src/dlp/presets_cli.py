@@ -1,43 +1,58 @@
-"""`dlp presets`: the presets as a table."""
+"""`dlp presets [NAME]`: the model families and presets as a table, or every value of one preset."""
 
 from __future__ import annotations
 
-from dlp.presets import get_preset, list_presets
+from typing import Any
 
+from dlp.registry import get_family, get_preset, list_models, list_presets
+
+# (heading, config field): the model config's or, failing that, the training config's value ("-" when neither has it)
 COLUMNS = (
-    ("preset", lambda p, m, t: p.name),
-    ("model", lambda p, m, t: "object" if m.use_object_dec else "masked"),
-    ("image", lambda p, m, t: m.image_size),
-    ("n_kp_enc", lambda p, m, t: m.n_kp_enc),
-    ("n_kp_prior", lambda p, m, t: m.n_kp_prior),
-    ("patch", lambda p, m, t: m.patch_size),
-    ("feat_dim", lambda p, m, t: m.learned_feature_dim),
-    ("anchor_s", lambda p, m, t: m.anchor_s),
-    ("glimpse", lambda p, m, t: m.glimpse_size),
-    ("excl.", lambda p, m, t: m.exclusive_patches),
-    ("rec", lambda p, m, t: t.rec_loss_function),
-    ("beta_kl", lambda p, m, t: t.beta_kl),
-    ("lr", lambda p, m, t: t.lr),
-    ("batch", lambda p, m, t: t.batch_size),
-    ("warmup", lambda p, m, t: t.warmup_epoch),
-    ("dataset", lambda p, m, t: t.dataset),
+    ("image", "image_size"),
+    ("K", "n_kp_enc"),
+    ("prior", "n_kp_prior"),
+    ("D", "learned_feature_dim"),
+    ("rec", "rec_loss_function"),
+    ("beta_kl", "beta_kl"),
+    ("lr", "lr"),
+    ("batch", "batch_size"),
+    ("epochs", "num_epochs"),
+    ("dataset", "dataset"),
 )
 
 
+def _value(model: Any, train: Any, name: str) -> str:
+    for config in (model, train):
+        if name in config.field_names():
+            return str(getattr(config, name))
+    return "-"
+
+
 def presets_table() -> str:
+    header = ["preset", "family", *(title for title, _ in COLUMNS), "description"]
     rows = []
     for name in list_presets():
         preset = get_preset(name)
         model, train = preset.model_config(), preset.train_config()
-        rows.append([str(fn(preset, model, train)) for _, fn in COLUMNS])
-    header = [title for title, _ in COLUMNS]
+        rows.append([name, preset.family, *(_value(model, train, f) for _, f in COLUMNS), preset.description])
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths))]
+    families = "families: " + ", ".join(f"{n} ({get_family(n).description})" for n in list_models())
+    lines = [families, "", fmt.format(*header).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
     lines += [fmt.format(*r).rstrip() for r in rows]
     return "\n".join(lines)
 
 
-def configure_parser(subparsers) -> None:
-    p = subparsers.add_parser("presets", help="list the named presets and their hyper-parameters")
-    p.set_defaults(func=lambda args: print(presets_table()))
+def preset_details(name: str) -> str:
+    preset = get_preset(name)
+    model, train = preset.model_config(), preset.train_config()
+    lines = [f"{preset.name} ({preset.family}): {preset.description}", "", "model:"]
+    lines += [f"  {k}: {v}" for k, v in model.to_dict().items()]
+    lines += ["train:"] + [f"  {k}: {v}" for k, v in train.to_dict().items()]
+    return "\n".join(lines)
+
+
+def configure_parser(subparsers, argv: list[str] | None = None) -> None:
+    p = subparsers.add_parser("presets", help="list the model families and presets with their hyper-parameters")
+    p.add_argument("name", nargs="?", default=None, help="show every value of this preset")
+    p.set_defaults(func=lambda args: print(preset_details(args.name) if args.name else presets_table()))

@@ -14,10 +14,10 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from dlp.config import DLPConfig
-from dlp.losses import dlp_loss
-from dlp.model import DLP
-from dlp.model.layers import ConvBlock, KeypointCNN
+from dlp.models.dlp_v1.config import DLPConfig
+from dlp.models.dlp_v1.layers import ConvBlock, KeypointCNN
+from dlp.models.dlp_v1.model import DLP
+from dlp.models.dlp_v1.objective import dlp_loss
 
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -68,9 +68,9 @@ def _upsampling_decoder(ours: str, off: str, blocks, first_name: int) -> Iterato
 def _key_pairs(model: DLP) -> Iterator[tuple[str, str]]:
     cfg = model.config
     yield from _keypoint_cnn("encoder", "enc", model.encoder, cfg.image_size)
-    yield from _linear_stack("to_normal_stats", "to_normal_stats")
-    if model.obj_on_head is not None:
-        yield from _linear_stack("obj_on_head", "aux_enc")
+    yield from _linear_stack("position_encoder.to_normal_stats", "to_normal_stats")
+    if model.position_encoder.obj_on_head is not None:
+        yield from _linear_stack("position_encoder.obj_on_head", "aux_enc")
     yield from _linear_stack("bg_encoder", "object_enc")
     if model.glimpse_encoder is not None:
         if model.glimpse_encoder.cnn is not None:
@@ -88,7 +88,7 @@ def _key_pairs(model: DLP) -> Iterator[tuple[str, str]]:
         yield from _conv_block(f"pointnet.upsample.{i}", f"pointnet.cnn.depth_up_{i}", block)
     yield from _upsampling_decoder("decoder.blocks", "dec.main", model.decoder.blocks, 8)
     yield from _final_conv("decoder.final", "dec.final_conv", model.decoder.final)
-    if model.glimpse_decoder is not None:
+    if model.config.is_object_model:
         yield from _linear_stack("glimpse_decoder.fc", "object_dec.fc", indices=(0, 2))
         yield from _upsampling_decoder("glimpse_decoder.blocks", "object_dec.main", model.glimpse_decoder.blocks, 16)
         yield from _final_conv("glimpse_decoder.final", "object_dec.main.final_conv", model.glimpse_decoder.final)
@@ -96,10 +96,10 @@ def _key_pairs(model: DLP) -> Iterator[tuple[str, str]]:
 
 def official_state_dict_names(model: DLP) -> dict[str, str]:
     """Map every key of `model.state_dict()` to its official key (official order, no `object_dec.decode` aliases)."""
-    if model.config.prior_anchored_positions:
+    if model.config.position_encoder != "heatmap":
         raise OfficialCheckpointError(
-            "prior_anchored_positions=True is this library's extension and has no official weights layout; "
-            "only models without it convert to or from official checkpoints."
+            f"position_encoder={model.config.position_encoder!r} is this library's extension and has no official "
+            "weights layout; only models with the official 'heatmap' encoder convert to or from official checkpoints."
         )
     mapping = dict(_key_pairs(model))
     ours = set(model.state_dict())
@@ -168,7 +168,8 @@ def to_official_state_dict(model: DLP) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------------------------
 # Official hyper-parameters
-_UNSUPPORTED = {"n_kp": 1, "use_logsoftmax": False, "dropout": 0.0, "learn_order": False}
+# Official options that accept one value only (they are not part of `DLPConfig`).
+_UNSUPPORTED = {"n_kp": 1, "use_logsoftmax": False, "dropout": 0.0, "learn_order": False, "kp_activation": "tanh"}
 
 
 def config_from_official_hparams(hparams: Mapping[str, Any]) -> DLPConfig:
@@ -176,6 +177,8 @@ def config_from_official_hparams(hparams: Mapping[str, Any]) -> DLPConfig:
     for key, supported in _UNSUPPORTED.items():
         if key in hparams and hparams[key] != supported:
             raise OfficialCheckpointError(f"official option {key}={hparams[key]!r} is not supported (only {supported!r}).")
+    if tuple(float(v) for v in hparams.get("kp_range", (-1, 1))) != (-1.0, 1.0):
+        raise OfficialCheckpointError(f"official option kp_range={hparams['kp_range']!r} is not supported (only (-1, 1)).")
     image_size = int(hparams.get("image_size", 128))
     patch_size = int(hparams.get("patch_size", 16))
     num_patches = (image_size // patch_size) ** 2
@@ -195,8 +198,6 @@ def config_from_official_hparams(hparams: Mapping[str, Any]) -> DLPConfig:
         use_object_enc=use_object_dec or bool(hparams.get("use_object_enc", False)),
         use_object_dec=use_object_dec,
         exclusive_patches=bool(hparams.get("exclusive_patches", False)),
-        kp_range=tuple(hparams.get("kp_range", (-1, 1))),
-        kp_activation=str(hparams.get("kp_activation", "tanh")),
         mask_threshold=float(hparams.get("mask_threshold", 0.2)),
         pad_mode=str(hparams.get("pad_mode", "replicate")),
     )
@@ -227,7 +228,7 @@ def official_outputs(model: DLP, x: torch.Tensor, warmup: bool = False, noisy_ma
         "dec_objects": out.dec_objects,
         "cropped_objects_original": out.glimpses,
         # The official forward returns the decoder input only for object models.
-        "gmap": out.gmap if model.config.use_object_dec else None,
+        "gmap": out.gmap if model.config.is_object_model else None,
     }
     return {key: value for key, value in official.items() if value is not None}
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     "ImageFolderDataset": "dlp.data.folder",
     "LandmarkFolderDataset": "dlp.data.landmarks",
     "build_dataset": "dlp.data.registry",
+    "DatasetInfo": "dlp.data.registry",
+    "dataset_info": "dlp.data.registry",
     "list_datasets": "dlp.data.registry",
     "register_dataset": "dlp.data.registry",
     "Warper": "dlp.data.tps",

@@ -21,13 +21,13 @@ import torch
 
 from dlp.data.common import (
     DatasetError,
+    DatasetNotFoundError,
     ImageListDataset,
     drop_unreadable_images,
     examples,
     face_transform,
     list_images,
     require_dir,
-    require_file,
 )
 
 
@@ -103,8 +103,13 @@ class LandmarkFolderDataset(ImageListDataset):
     def __init__(self, root: str | Path, split: str | None = None, image_size: int = 64, pair_warper: Any = None,
                  *, verify_images: bool = True) -> None:
         self.root = require_dir(root, "landmark dataset folder")
-        image_dir = require_dir(self.root / "images", "image folder")
-        landmarks_csv = require_file(self.root / "landmarks.csv", "landmark file")
+        image_dir, landmarks_csv = self.root / "images", self.root / "landmarks.csv"
+        if not image_dir.is_dir() or not landmarks_csv.is_file():
+            missing = "images/" if not image_dir.is_dir() else "landmarks.csv"
+            raise DatasetNotFoundError(
+                f"the landmark folder {root} has no {missing}; expected {root}/images/ (the face images) and "
+                f"{root}/landmarks.csv (a header, then image,x1,y1,x2,y2,... per image), as in celeba-mini."
+            )
 
         on_disk = list_images(image_dir)
         if not on_disk:

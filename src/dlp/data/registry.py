@@ -1,14 +1,17 @@
-"""`build_dataset(name, ...)`: one entry point from a training config to a torch Dataset.
+"""`build_dataset(name, ...)`: one entry point from a training config to a torch Dataset, and what each dataset is.
 
 Every dataset yields dict items with at least "image" ([3, S, S] float in [0, 1]), plus "image_prior" when pairs are
-requested and "landmarks" when the data has them. Builders are registered with `@register_dataset(name)` and called
-as `builder(data_root, image_size=..., split=..., use_tps=..., use_pairs=..., seed=..., num_images=...)`, with
+requested and "landmarks" when the data has them. Builders are registered with `@register_dataset(name, ...)`, which
+also records the facts the CLI, evaluation and demo need about the dataset (`DatasetInfo`: its default preset, whether
+it has landmarks or ground-truth objects, its held-out split, the demo's pre-processing). Builders are called as
+`builder(data_root, image_size=..., split=..., use_tps=..., use_pairs=..., seed=..., num_images=...)`, with
 `data_root` an existing Path or None and `num_images` None or a cap (generated datasets use it as their size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +25,59 @@ from dlp.data.tps import dlp_warper
 from dlp.data.video import FrameArrayDataset, find_sources
 
 DatasetBuilder = Callable[..., Dataset]
-_BUILDERS: dict[str, DatasetBuilder] = {}
 _SPLIT_TAGS = {"train": ("_train",), "valid": ("_valid", "_val")}
+# Held-out splits of generated data use seeds this far from the training seed, so they never repeat training items.
+HELDOUT_SEED_OFFSET = 1_000_003
 
 
-def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator adding a builder under `name`."""
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the library knows about a dataset, beyond how to build it.
+
+    default_preset: the preset `dlp train -d NAME` starts from (None: `--preset` is required).
+    landmarks: items carry annotated "landmarks" (keypoint regression applies).
+    objects: items carry ground-truth object "centers" (object discovery applies).
+    generated: the data is generated from a seed (no data_root needed).
+    heldout_split: the split that evaluation reads.
+    demo_preprocess: how `dlp demo` crops an image of this dataset ("celeba", "traffic", "clevrer"; None: centre).
+    sample_folder: the folder of official demo images for `dlp demo -d NAME` (None: no samples).
+    """
+
+    name: str
+    builder: DatasetBuilder
+    default_preset: str | None = None
+    landmarks: bool = False
+    objects: bool = False
+    generated: bool = False
+    heldout_split: str = "test"
+    demo_preprocess: str | None = None
+    sample_folder: str | None = None
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(name: str, *, default_preset: str | None = None, landmarks: bool = False, objects: bool = False,
+                     generated: bool = False, heldout_split: str = "test", demo_preprocess: str | None = None,
+                     sample_folder: str | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator adding a builder under `name`, with the facts of `DatasetInfo`."""
     def add(builder: DatasetBuilder) -> DatasetBuilder:
-        _BUILDERS[name] = builder
+        _DATASETS[name] = DatasetInfo(name, builder, default_preset, landmarks, objects, generated, heldout_split,
+                                      demo_preprocess, sample_folder)
         return builder
     return add
 
 
 def list_datasets() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of dataset `name`; raises `DatasetError` naming the valid ones."""
+    info = _DATASETS.get(name)
+    if info is None:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}.")
+    return info
 
 
 def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, split: str | None = "train",
@@ -52,6 +94,7 @@ def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, s
         'valid'). A folder with `*_train.npy` / `*_valid.npy` gives one file per split (the official CLEVRER
         files); a single array is split by video (sidecar) or 90/10 in time.
       * 'folder': any folder of images; split 'train' or None (everything).
+      * 'shapes': generated; 'valid' and 'test' use the seed `seed + HELDOUT_SEED_OFFSET`.
 
     `num_images` keeps only the first `num_images` items of a real dataset (quick runs, capped evaluation).
 
@@ -60,9 +103,7 @@ def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, s
     video datasets. Warps draw from torch's global RNG (seeded by the trainer and per DataLoader worker); `seed` is
     for generated datasets.
     """
-    builder = _BUILDERS.get(name)
-    if builder is None:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(list_datasets())}.")
+    info = dataset_info(name)
     root = None
     if data_root is not None:
         root = Path(data_root).expanduser()
@@ -70,8 +111,8 @@ def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, s
             raise DatasetNotFoundError(f"data_root {root} for dataset {name!r} does not exist; check the path.")
     if num_images is not None and num_images < 1:
         raise DatasetError(f"num_images must be a positive integer or None, got {num_images}.")
-    return builder(root, image_size=image_size, split=split, use_tps=use_tps, use_pairs=use_pairs, seed=seed,
-                   num_images=num_images)
+    return info.builder(root, image_size=image_size, split=split, use_tps=use_tps, use_pairs=use_pairs, seed=seed,
+                        num_images=num_images)
 
 
 def _first(dataset: Dataset, num_images: int | None) -> Dataset:
@@ -93,7 +134,8 @@ def _still_warper(size: int, use_tps: bool, use_pairs: bool) -> Any:
     return dlp_warper(size, pairs=use_pairs) if use_tps else None
 
 
-@register_dataset("celeba")
+@register_dataset("celeba", default_preset="celeba", landmarks=True, demo_preprocess="celeba",
+                  sample_folder="celeb")
 def _celeba(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
             num_images: int | None) -> Dataset:
     root = _require_root(root, "celeba", "the CelebA folder with Img/, Anno/, Eval/ and MAFL/")
@@ -102,7 +144,7 @@ def _celeba(root: Path | None, *, image_size: int, split: str | None, use_tps: b
     return _first(CelebADataset(root, split=split, image_size=image_size, pair_warper=warper), num_images)
 
 
-@register_dataset("landmarks")
+@register_dataset("landmarks", default_preset="celeba64", landmarks=True, demo_preprocess="celeba")
 def _landmarks(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
                num_images: int | None) -> Dataset:
     root = _require_root(root, "landmarks", "a folder with images/ and landmarks.csv")
@@ -115,7 +157,8 @@ def _landmarks(root: Path | None, *, image_size: int, split: str | None, use_tps
     return _first(LandmarkFolderDataset(root, split=split, image_size=image_size, pair_warper=warper), num_images)
 
 
-@register_dataset("folder")
+# A plain folder has no held-out images: evaluation reads the training images.
+@register_dataset("folder", heldout_split="train")
 def _folder(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
             num_images: int | None) -> Dataset:
     root = _require_root(root, "folder", "a folder of images")
@@ -188,17 +231,17 @@ def _frames(name: str) -> DatasetBuilder:
     return build
 
 
-register_dataset("clevrer")(_frames("clevrer"))
-register_dataset("traffic")(_frames("traffic"))
+register_dataset("clevrer", default_preset="clevrer", heldout_split="valid", demo_preprocess="clevrer",
+                 sample_folder="clevrer")(_frames("clevrer"))
+register_dataset("traffic", default_preset="traffic", heldout_split="valid", demo_preprocess="traffic",
+                 sample_folder="traffic")(_frames("traffic"))
 
 
 SHAPES_TRAIN_IMAGES = 40_000  # the official `train_dlp.py` size
-SHAPES_VALID_IMAGES = 1_000
-# Held-out splits use seeds far from the training seed, so they never repeat training images.
-_SHAPES_SPLIT_SEED = {"train": 0, "valid": 1_000_003, "test": 1_000_003}
+SHAPES_HELDOUT_IMAGES = 1_000
 
 
-@register_dataset("shapes")
+@register_dataset("shapes", default_preset="shapes", objects=True, generated=True)
 def _shapes(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
             num_images: int | None) -> Dataset:
     from dlp.data.shapes import ShapesDataset
@@ -206,7 +249,8 @@ def _shapes(root: Path | None, *, image_size: int, split: str | None, use_tps: b
     if use_tps or use_pairs:
         raise DatasetError("the shapes dataset has no TPS pairs; drop --use_tps/--use_pairs.")
     split = split or "train"
-    if split not in _SHAPES_SPLIT_SEED:
+    if split not in ("train", "valid", "test"):
         raise DatasetError(f"the shapes dataset has no {split!r} split; use 'train', 'valid' or 'test'.")
-    default = SHAPES_TRAIN_IMAGES if split == "train" else SHAPES_VALID_IMAGES
-    return ShapesDataset(num_images or default, image_size=image_size, seed=seed + _SHAPES_SPLIT_SEED[split])
+    if split == "train":
+        return ShapesDataset(num_images or SHAPES_TRAIN_IMAGES, image_size=image_size, seed=seed)
+    return ShapesDataset(num_images or SHAPES_HELDOUT_IMAGES, image_size=image_size, seed=seed + HELDOUT_SEED_OFFSET)

@@ -400,7 +400,9 @@ class FrameArrayDataset(torch.utils.data.Dataset):
         try:
             frames = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise DatasetError(f"cannot read {self.path} as a .npy array ({exc}); re-run `dlp prepare`.") from exc
+            # (numpy's own message for a damaged file suggests allow_pickle, i.e. loading it unsafely: not shown)
+            raise DatasetError(f"{self.path} is not a readable .npy frame array (damaged, truncated or another kind "
+                               f"of file: {type(exc).__name__}); re-create it with `dlp prepare`.") from exc
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[1] != frames.shape[2]:
             raise DatasetError(
                 f"{self.path} holds {frames.dtype} {list(frames.shape)}; expected uint8 RGB frames [N, H, W, 3] with "

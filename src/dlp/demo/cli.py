@@ -23,17 +23,29 @@ import torch
 
 from dlp.data.common import DatasetError
 
-SAMPLE_FOLDERS = {"celeba": "celeb", "traffic": "traffic", "clevrer": "clevrer"}
 PREPROCESS = ("auto", "celeba", "traffic", "clevrer", "center")
-# train_config["dataset"] of a checkpoint -> the pre-processing its images had
-DATASET_PREPROCESS = {"celeba": "celeba", "landmarks": "celeba", "traffic": "traffic", "clevrer": "clevrer"}
+
+
+def sample_datasets() -> dict[str, str]:
+    """Datasets with official demo images -> their folder under the samples directory (from the dataset registry)."""
+    from dlp.data.registry import dataset_info, list_datasets
+
+    return {name: dataset_info(name).sample_folder for name in list_datasets() if dataset_info(name).sample_folder}
+
+
+def dataset_preprocess(dataset: str | None) -> str:
+    """How images of `dataset` are cropped for the demo (the registry's `demo_preprocess`; "center" otherwise)."""
+    from dlp.data.registry import _DATASETS
+
+    info = _DATASETS.get(dataset or "")
+    return info.demo_preprocess if info is not None and info.demo_preprocess else "center"
 
 
 class DemoError(ValueError):
     """Bad `dlp demo` arguments (one sentence: what is wrong and how to fix it)."""
 
 
-def configure_parser(subparsers) -> None:
+def configure_parser(subparsers, argv: list[str] | None = None) -> None:
     p = subparsers.add_parser(
         "demo", help="interactive particle demo (or headless edits with --edit/--save)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,8 +54,9 @@ def configure_parser(subparsers) -> None:
                    "dlp convert-official (the model config is read from it)")
     src = p.add_argument_group("image (one of)")
     src.add_argument("--image", metavar="FILE", help="an image file of yours")
-    src.add_argument("-d", "--dataset", choices=sorted(SAMPLE_FOLDERS), help="use an official sample image of this "
-                     "dataset (with --image: pre-process the file like this dataset)")
+    src.add_argument("-d", "--dataset", choices=sorted(sample_datasets()),
+                     help="use an official sample image of this dataset (with --image: pre-process the file like "
+                          "this dataset)")
     src.add_argument("-i", "--index", type=int, default=None, metavar="N",
                      help="the N-th sample image, 1-based (1 = 1.jpg; default 1); clamped to the samples there")
     p.add_argument("--samples-dir", metavar="DIR", help="folder with celeb/, traffic/, clevrer/ sample images "
@@ -90,10 +103,10 @@ def sample_path(samples_dir: Path | None, dataset: str, index: int | None) -> Pa
 
     if samples_dir is None:
         raise DemoError("no samples folder found; pass --samples-dir DIR, set DLP_SAMPLES_DIR, or use --image FILE.")
-    folder = Path(samples_dir) / SAMPLE_FOLDERS[dataset]
+    folder = Path(samples_dir) / sample_datasets()[dataset]
     if not folder.is_dir():
         raise DemoError(f"the samples folder {folder} does not exist; point --samples-dir at the folder holding "
-                        f"{SAMPLE_FOLDERS[dataset]}/ or use --image FILE.")
+                        f"{folder.name}/ or use --image FILE.")
     files = sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)), key=frame_sort_key)
     if not files:
         raise DemoError(f"{folder} holds no images; add some or use --image FILE.")
@@ -146,13 +159,13 @@ def load_image(args: argparse.Namespace, size: int, train_dataset: str | None) -
             raise DemoError(f"image {path} does not exist; check the path.")
         how = args.preprocess
         if how == "auto":
-            how = args.dataset or DATASET_PREPROCESS.get(train_dataset or "", "center")
+            how = dataset_preprocess(args.dataset or train_dataset)
     elif args.dataset is not None:
         samples = Path(args.samples_dir).expanduser() if args.samples_dir else default_samples_dir()
         if args.samples_dir and not samples.is_dir():
             raise DemoError(f"the samples folder {samples} does not exist; check --samples-dir.")
         path = sample_path(samples, args.dataset, args.index)
-        how = args.dataset if args.preprocess == "auto" else args.preprocess
+        how = dataset_preprocess(args.dataset) if args.preprocess == "auto" else args.preprocess
     else:
         raise DemoError("no image given; pass --image FILE or -d celeba|traffic|clevrer [-i N].")
     return preprocess(load_rgb(path), size, how), path

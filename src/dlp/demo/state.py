@@ -2,23 +2,19 @@
 
 `DemoState` encodes an image once and keeps two copies of its particles, the encoded ones and the current (edited)
 ones; every edit changes only the current copy and the reconstruction is decoded from it (`model.decode`, never a new
-encoding). `DemoController` turns mouse, slider and key events into edits; the matplotlib window (`dlp.demo.window`)
-only draws and forwards events, so everything here is unit-testable without a display.
+encoding). It works on every model family through the common particle vocabulary (`dlp.models.base.ParticleView`:
+`model.particle_view` and `model.apply_view`). `DemoController` turns mouse, slider and key events into edits; the
+matplotlib window (`dlp.demo.window`) only draws and forwards events, so everything here is unit-testable without a
+display.
 
 Conventions: particle positions are (y, x) in [-1, 1]; pixel positions are (row, col) with
-pix = (kp + 1) / 2 * (H - 1), as everywhere in the library. Particle indices 0..K-1 are the K foreground particles; the
-background particle (row K of the model's tensors) keeps its position and can only have its features edited.
+pix = (kp + 1) / 2 * (H - 1), as everywhere in the library. Particle indices 0..K-1 are the K foreground particles;
+index K (or "bg" in an edit) is the background, of which only the features can be edited.
 
-Switching a particle off (`toggle`):
-
-* object models: its presence `obj_on` becomes 0 (its glimpse is not composited); switching it back on restores the
-  encoded presence, or 1 if the encoder had the particle (almost) off (obj_on < 0.5), so that a hidden object can be
-  brought in.
-* masked models have no presence variable. An "off" particle is parked just outside the image, 1 + 5 sigma from the
-  centre on the side of its nearest edge, so its Gaussian disc covers no pixel any more (its map is < 1e-5
-  everywhere) and the decoder shows the encoder heat-map there, as it does for the background. It keeps its place in
-  the particle set (the decoder needs all K), its features and its remembered position, where it returns when switched
-  back on.
+Switching a particle off (`toggle`): models with a presence (object models, `obj_on`) set it to 0 (its glimpse is not
+composited); switching it back on restores the encoded presence, or 1 if the encoder had the particle (almost) off
+(obj_on < 0.5), so that a hidden object can be brought in. Models without one (DLP's masked model) hide it their own
+way when decoding (`apply_view(..., switched_off)`); it keeps its place, its features and its position.
 """
 
 from __future__ import annotations
@@ -35,9 +31,6 @@ import torch
 
 __all__ = ["DemoController", "DemoState", "Edit", "EditError", "parse_edit"]
 
-# An off particle of a masked model sits this many sigmas beyond the image border.
-PARK_SIGMAS = 5.0
-
 
 class EditError(ValueError):
     """A malformed or impossible particle edit (one sentence: what is wrong and how to write it)."""
@@ -46,17 +39,20 @@ class EditError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # edits as text (the CLI's --edit)
 
-EDIT_SYNTAX = "INDEX:KEY=VALUE[,KEY=VALUE...] with keys dx, dy (in [-1, 1] units), x, y (pixels), f0, f1, ... and on"
+EDIT_SYNTAX = "INDEX:KEY=VALUE[,KEY=VALUE...], e.g. 3:dx=0.2,dy=-0.1"
+POSITION_KEYS = ("dx", "dy", "x", "y")
 _EDIT_RE = re.compile(r"^\s*(\d+|bg)\s*:\s*(.+?)\s*$")
-_KEY_RE = re.compile(r"^(dx|dy|x|y|on|f\d+)$")
+_KEY_RE = re.compile(r"^[A-Za-z_]+\d*$")
 
 
 @dataclass
 class Edit:
-    """One particle edit: `index` (int, or "bg" for the background particle) and ordered (key, value) changes.
+    """One particle edit: `index` (int, or "bg" for the background) and ordered (key, value) changes.
 
     Keys: `dx`, `dy` shift the position in particle units (the image spans [-1, 1]); `x`, `y` set the column / row in
-    pixels; `f<d>` sets feature dimension d (0-based); `on` switches the particle on (1) or off (0).
+    pixels; `f<d>` sets feature dimension d (0-based); `on` switches the particle on (1) or off (0); a family's own
+    attributes (`DemoState.attribute_names`, e.g. DLPv2's `scale`, `depth`, `obj_on`) set that attribute, `<name><j>`
+    one component of it. Which keys a model accepts: `DemoState.edit_keys()`.
     """
 
     index: int | str
@@ -64,18 +60,18 @@ class Edit:
 
 
 def parse_edit(text: str) -> Edit:
-    """Parse an edit such as "3:dx=0.2,dy=-0.1", "0:x=40,y=12", "5:f2=0.5", "2:on=0" or "bg:f0=1"."""
+    """Parse an edit such as "3:dx=0.2,dy=-0.1", "0:x=40,y=12", "5:f2=0.5", "2:on=0" or "bg:f0=1" (syntax only;
+    `DemoState.apply` checks the keys against the model)."""
     match = _EDIT_RE.match(text)
     if not match:
-        raise EditError(f"bad edit {text!r}: expected {EDIT_SYNTAX}, e.g. 3:dx=0.2,dy=-0.1.")
+        raise EditError(f"bad edit {text!r}: expected {EDIT_SYNTAX}.")
     index: int | str = match.group(1) if match.group(1) == "bg" else int(match.group(1))
     changes = []
     for part in match.group(2).split(","):
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not _KEY_RE.match(key):
-            raise EditError(f"bad edit {text!r}: {part.strip()!r} is not KEY=VALUE with a key among dx, dy, x, y, "
-                            "f0, f1, ..., on.")
+            raise EditError(f"bad edit {text!r}: {part.strip()!r} is not KEY=VALUE; expected {EDIT_SYNTAX}.")
         try:
             number = float(value)
         except ValueError:
@@ -93,13 +89,14 @@ class DemoState:
     """The particles of one image, their edits and the reconstruction decoded from them.
 
     Args:
-        model: a `dlp.DLP` (put in eval mode; no gradients are taken).
-        image: [3, H, W] (or [1, 3, H, W]) float image in [0, 1] at the model's image size.
+        model: a model of any registered family (put in eval mode; no gradients are taken).
+        image: [C, H, W] (or [1, C, H, W]) float image in [0, 1] at the model's image size.
 
-    Attributes (foreground particles only, K = model.config.n_kp_enc): `positions` [K, 2] current (y, x),
-    `features` [K+1, D] current features (background row last), `obj_on` [K] current presence (object models) and
-    the encoded originals `original_positions`, `original_features`, `original_obj_on`; `particles` is the full
-    `model.encode` output.
+    Attributes (K foreground particles, D features, Dbg background features): `positions` [K, 2] current (y, x),
+    `features` [K, D], `background` [Dbg], `obj_on` [K] current presence (models with one, else None),
+    `attributes` {name: [K, n]} the family's further attributes, `off` [K] bool (models without a presence), and the
+    encoded originals `original_positions`, `original_features`, `original_background`, `original_obj_on`,
+    `original_attributes`; `particles` is the model's `encode` output, `view` its `particle_view`.
     """
 
     def __init__(self, model: torch.nn.Module, image: torch.Tensor):
@@ -114,17 +111,20 @@ class DemoState:
         self.device = next(model.parameters()).device
         self.image = image.detach().float().cpu().clamp(0, 1)
         self.particles = model.encode(self.image[None].to(self.device))
-        p = self.particles
-        self.k = cfg.n_kp_enc
-        self.feature_dim = cfg.learned_feature_dim
-        self.is_object_model = p.obj_on is not None
+        self.view = view = model.particle_view(self.particles)
+        self.k = view.positions.shape[1]
+        self.feature_dim = view.features.shape[-1]
+        self.background_dim = view.background.shape[-1]
+        self.is_object_model = view.presence is not None
         self.size = cfg.image_size
+        self.attribute_ranges = dict(view.attribute_ranges)
 
-        self.original_positions = p.mu[0, : self.k].clone()  # [K, 2]
-        self.background_position = p.mu[0, self.k :].clone()  # [1, 2]
-        self.original_features = p.mu_features[0].clone()  # [K+1, D]
-        self.original_obj_on = p.obj_on[0].clone() if self.is_object_model else None  # [K]
-        self._logvar_sum = p.logvar[0, : self.k].sum(-1)  # [K]
+        self.original_positions = view.positions[0].clone()  # [K, 2]
+        self.original_features = view.features[0].clone()  # [K, D]
+        self.original_background = view.background[0].clone()  # [Dbg]
+        self.original_obj_on = view.presence[0].clone() if self.is_object_model else None  # [K]
+        self.original_attributes = {name: value[0].clone() for name, value in view.attributes.items()}  # [K, n]
+        self._confidence = view.confidence[0].detach().float().cpu()  # [K]
         self._original_decoded = None
         self._decoded = None
         self.reset()
@@ -137,10 +137,20 @@ class DemoState:
     def n_particles(self) -> int:
         return self.k
 
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.original_attributes)
+
+    def edit_keys(self) -> list[str]:
+        """The keys `--edit` accepts for this model (`f<d>` written as a range)."""
+        keys = list(POSITION_KEYS) + [f"f0..f{self.feature_dim - 1}", "on"]
+        for name, value in self.original_attributes.items():
+            keys.append(name if value.shape[-1] == 1 else f"{name}, {name}0..{name}{value.shape[-1] - 1}")
+        return keys
+
     def confidence(self) -> torch.Tensor:
-        """[K] encoded confidence: obj_on for object models, -sum(logvar) for masked models (higher = surer)."""
-        conf = self.original_obj_on if self.is_object_model else -self._logvar_sum
-        return conf.detach().float().cpu()
+        """[K] encoded confidence, higher = surer (the presence where the model has one)."""
+        return self._confidence
 
     def visible(self, threshold: float | None = None) -> torch.Tensor:
         """[K] bool: particles whose encoded confidence is >= threshold (all of them for None)."""
@@ -173,18 +183,18 @@ class DemoState:
         return max(5.0, math.ceil(1.5 * largest))
 
     def edited_particles(self) -> torch.Tensor:
-        """[K] bool: foreground particles whose position, features or on/off state differ from the encoded ones."""
-        k = self.k
+        """[K] bool: foreground particles whose position, features, attributes or on/off state differ."""
         edited = (self.positions != self.original_positions).any(-1)
-        edited |= (self.features[:k] != self.original_features[:k]).any(-1)
+        edited |= (self.features != self.original_features).any(-1)
+        for name, value in self.attributes.items():
+            edited |= (value != self.original_attributes[name]).any(-1)
         edited |= (self.obj_on != self.original_obj_on) if self.is_object_model else self.off
         return edited.cpu()
 
     @property
     def edited(self) -> bool:
-        """Whether any particle, the background features included, differs from the encoded ones."""
-        background_changed = not torch.equal(self.features[self.k], self.original_features[self.k])
-        return bool(self.edited_particles().any()) or background_changed
+        """Whether any particle, the background included, differs from the encoded ones."""
+        return bool(self.edited_particles().any()) or not torch.equal(self.background, self.original_background)
 
     # ------------------------------------------------------------------------------------------------------------
     # editing
@@ -213,11 +223,31 @@ class DemoState:
         self._changed()
 
     def set_feature(self, i: int, d: int, value: float) -> None:
-        """Set feature dimension d of particle i (i == K edits the background particle)."""
+        """Set feature dimension d of particle i (i == K edits the background)."""
         self._check_index(i, background_ok=True)
-        if not isinstance(d, int) or not 0 <= d < self.feature_dim:
-            raise EditError(f"feature index {d} is out of range; this model has features f0..f{self.feature_dim - 1}.")
-        self.features[i, d] = float(value)
+        size = self.feature_dim if i < self.k else self.background_dim
+        if not isinstance(d, int) or not 0 <= d < size:
+            what = "the background has" if i == self.k else "this model has"
+            raise EditError(f"feature index {d} is out of range; {what} features f0..f{size - 1}.")
+        if i == self.k:
+            self.background[d] = float(value)
+        else:
+            self.features[i, d] = float(value)
+        self._changed()
+
+    def set_attribute(self, i: int, name: str, value: float, component: int | None = None) -> None:
+        """Set a family attribute of particle i (every component, or one), clamped to its range."""
+        self._check_index(i)
+        if name not in self.attributes:
+            raise EditError(f"this model has no attribute {name!r}; its attributes: {', '.join(self.attributes)}.")
+        low, high = self.attribute_ranges.get(name, (-math.inf, math.inf))
+        value = min(max(float(value), low), high)
+        if component is None:
+            self.attributes[name][i] = value
+        else:
+            if not 0 <= component < self.attributes[name].shape[-1]:
+                raise EditError(f"{name} has components 0..{self.attributes[name].shape[-1] - 1}, not {component}.")
+            self.attributes[name][i, component] = value
         self._changed()
 
     def set_on(self, i: int, on: bool) -> None:
@@ -240,23 +270,34 @@ class DemoState:
         """Back to the encoded particles (and the original reconstruction)."""
         self.positions = self.original_positions.clone()
         self.features = self.original_features.clone()
+        self.background = self.original_background.clone()
         self.obj_on = self.original_obj_on.clone() if self.is_object_model else None
+        self.attributes = {name: value.clone() for name, value in self.original_attributes.items()}
         self.off = torch.zeros(self.k, dtype=torch.bool, device=self.positions.device)
         self._decoded = self._original_decoded
 
+    def _unknown_key(self, edit: Edit, key: str) -> EditError:
+        return EditError(f"unknown edit key {key!r} in edit {edit.index}:...; valid keys for this model: "
+                         f"{', '.join(self.edit_keys())}.")
+
     def apply(self, edit: Edit) -> None:
-        """Apply a parsed `Edit` (see `parse_edit`)."""
+        """Apply a parsed `Edit` (see `parse_edit`); every key is checked before anything changes."""
         i = self.k if edit.index == "bg" else edit.index
         self._check_index(i, background_ok=True)
+        attribute_re = re.compile(rf"^({'|'.join(map(re.escape, self.attributes))})(\d*)$") if self.attributes else None
+        for key, _ in edit.changes:
+            known = key in POSITION_KEYS or key == "on" or re.fullmatch(r"f\d+", key)
+            known = known or (attribute_re is not None and attribute_re.match(key))
+            if not known:
+                raise self._unknown_key(edit, key)
+            if i == self.k and not key.startswith("f"):
+                raise EditError(f"the background can only have its features edited, not {key}.")
         row, col = (float(v) for v in self.pixels()[i]) if i < self.k else (None, None)
         moved = False
         for key, value in edit.changes:
-            if key.startswith("f"):
+            if re.fullmatch(r"f\d+", key):
                 self.set_feature(i, int(key[1:]), value)
-                continue
-            if i == self.k:
-                raise EditError(f"the background particle can only have its features edited, not {key}.")
-            if key == "on":
+            elif key == "on":
                 self.set_on(i, bool(value))
             elif key == "dx":
                 col += value / 2.0 * (self.size - 1)
@@ -268,36 +309,31 @@ class DemoState:
                 col, moved = value, True
             elif key == "y":
                 row, moved = value, True
+            else:
+                name, component = attribute_re.match(key).groups()
+                self.set_attribute(i, name, value, int(component) if component else None)
         if moved:
             self.move(i, row, col)
 
     # ------------------------------------------------------------------------------------------------------------
     # decoding
-    def decode_positions(self) -> torch.Tensor:
-        """[K+1, 2] positions handed to the decoder: current foreground (off masked particles parked) + background."""
-        z = self.positions.clone()
-        if not self.is_object_model and bool(self.off.any()):
-            z[self.off] = self._parked(z[self.off])
-        return torch.cat([z, self.background_position], dim=0)
+    def current_view(self):
+        """The current (edited) particles as a batch-of-one `ParticleView`."""
+        from dataclasses import replace
 
-    def _parked(self, kp: torch.Tensor) -> torch.Tensor:
-        """Positions just outside the image, beyond the nearest edge of each particle."""
-        out = kp.clone()
-        park = 1.0 + PARK_SIGMAS * self.config.sigma
-        axis = kp.abs().argmax(dim=-1)  # 0: nearer the top/bottom edge, 1: the left/right edge
-        rows = torch.arange(kp.shape[0], device=kp.device)
-        sign = torch.where(kp[rows, axis] < 0, -1.0, 1.0).to(kp.dtype)
-        out[rows, axis] = sign * park
-        return out
+        return replace(
+            self.view, positions=self.positions[None], features=self.features[None],
+            background=self.background[None], presence=self.obj_on[None] if self.is_object_model else None,
+            attributes={name: value[None] for name, value in self.attributes.items()},
+        )
 
     @torch.no_grad()
     def _decode(self):
-        z = self.decode_positions()[None]
-        obj_on = self.obj_on[None] if self.is_object_model else None
-        return self.model.decode(z, self.features[None], heatmap=self.particles.heatmap, obj_on=obj_on)
+        edited = self.model.apply_view(self.particles, self.current_view(), switched_off=self.off[None])
+        return self.model.decode(edited)
 
     def decoded(self):
-        """The `Decoded` output for the current particles (cached until the next edit)."""
+        """The family's decoded output for the current particles (cached until the next edit)."""
         if self._decoded is None:
             self._decoded = self._decode()
         return self._decoded
@@ -311,19 +347,20 @@ class DemoState:
 
     def glimpses(self) -> torch.Tensor | None:
         """Object models: [K, 4, S, S] decoded RGBA glimpses of the current particles (alpha first); else None."""
-        dec = self.decoded().dec_glimpses
+        dec = getattr(self.decoded(), "dec_glimpses", None)
         return None if dec is None else dec[0].detach().float().cpu()
 
     def objects(self) -> torch.Tensor | None:
         """Object models: [3, H, W] the composited objects without background; else None."""
-        dec = self.decoded().dec_objects
+        dec = getattr(self.decoded(), "dec_objects", None)
         return None if dec is None else dec[0].detach().clamp(0, 1).float().cpu()
 
     # ------------------------------------------------------------------------------------------------------------
     # export
     def particle_table(self, threshold: float | None = None) -> list[dict[str, Any]]:
         """One dict per foreground particle: index, y, x (in [-1, 1]), row, col (pixels), the encoded
-        original_y/x, logvar_sum, confidence, obj_on (None for masked models), on, visible, edited, features."""
+        original_y/x, confidence, obj_on (None without a presence), on, visible, edited, features, and the
+        family's attributes."""
         pix = self.pixels()
         conf = self.confidence()
         vis = self.visible(threshold)
@@ -334,25 +371,26 @@ class DemoState:
         edited = self.edited_particles()
         rows = []
         for i in range(self.k):
-            rows.append({
+            row = {
                 "index": i,
                 "y": float(pos[i, 0]), "x": float(pos[i, 1]),
                 "row": float(pix[i, 0]), "col": float(pix[i, 1]),
                 "original_y": float(orig[i, 0]), "original_x": float(orig[i, 1]),
-                "logvar_sum": float(self._logvar_sum[i]),
                 "confidence": float(conf[i]),
                 "obj_on": float(self.obj_on[i]) if self.is_object_model else None,
                 "on": bool(on[i]),
                 "visible": bool(vis[i]),
                 "edited": bool(edited[i]),
                 "features": [float(v) for v in feats[i]],
-            })
+            }
+            row.update({name: [float(v) for v in value[i].detach().float().cpu()]
+                        for name, value in self.attributes.items()})
+            rows.append(row)
         return rows
 
     def to_dict(self, threshold: float | None = None) -> dict[str, Any]:
-        bg = self.background_position[0].detach().float().cpu()
         return {
-            "format": "dlp-demo/1",
+            "format": "dlp-demo/2",
             "model": "object" if self.is_object_model else "masked",
             "image_size": self.size,
             "n_particles": self.k,
@@ -361,8 +399,7 @@ class DemoState:
             "threshold": threshold,
             "edited": self.edited,
             "particles": self.particle_table(threshold),
-            "background": {"y": float(bg[0]), "x": float(bg[1]),
-                           "features": [float(v) for v in self.features[self.k].detach().float().cpu()]},
+            "background": {"features": [float(v) for v in self.background.detach().float().cpu()]},
         }
 
     def save(self, png_path: str | os.PathLike | None, json_path: str | os.PathLike | None = None, *,

@@ -1,203 +1,206 @@
-"""`dlp train`: every flag of the official `train_dlp.py`, with per-flag override semantics.
+"""`dlp train`: train any model family, with the official flags and per-flag override semantics.
 
-Resolution order (later wins): preset (from --preset, or the dataset's paper preset) < --config FILE < typed flags.
-A flag the user does not type never changes the preset. (The official `-o` replaced every value with the argparse
-defaults, typed or not; here `-o/--override` is accepted for compatibility and changes nothing.)
+Resolution order (later wins; `dlp.config.resolve_config`): preset (from --preset, or the dataset's default preset) <
+--config FILE < typed flags. A flag the user does not type never changes the preset. The flags are made from the
+family's config dataclasses (`dlp.config.option`), so every field is a flag, spelt with underscores (the official
+names) or dashes. (The official `-o` replaced every value with the argparse defaults, typed or not; here `-o/--override`
+is accepted for compatibility with `train_dlp.py` command lines and changes nothing.)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from dlp.config import ConfigError, DLPConfig, TrainConfig
-from dlp.presets import get_preset, list_presets
-
-DATASETS = ("shapes", "celeba", "landmarks", "clevrer", "traffic", "folder")
-DATASET_PRESETS = {"shapes": "shapes", "celeba": "celeba", "landmarks": "celeba64", "clevrer": "clevrer",
-                   "traffic": "traffic"}
-
-# (flags, dest, type, target config, help). target: "model" -> DLPConfig field, "train" -> TrainConfig field.
-_BOOL = "bool"
-OFFICIAL_FLAGS = (
-    (("-l", "--lr"), "lr", float, "train", "learning rate of both Adam optimisers"),
-    (("-b", "--batch_size"), "batch_size", int, "train", "batch size (per process)"),
-    (("-n", "--num_epochs"), "num_epochs", int, "train", "number of epochs"),
-    (("-e", "--eval_freq"), "eval_freq", int, "train", "evaluate, draw figures and pick best.pt every N epochs"),
-    (("-s", "--sigma"), "sigma", float, "model", "prior keypoint std (also the Gaussian-map width)"),
-    (("-r", "--beta_rec"), "beta_rec", float, "train", "weight of the reconstruction term"),
-    (("-k", "--beta_kl"), "beta_kl", float, "train", "weight of the KL terms"),
-    (("-c", "--kl_balance"), "kl_balance", float, "train", "weight of the feature KL relative to the Chamfer-KL"),
-    (("-v", "--rec_loss_function"), "rec_loss_function", str, "train", "reconstruction loss: mse or vgg"),
-    (("--n_kp_enc",), "n_kp_enc", int, "model", "number of posterior particles K"),
-    (("--n_kp_prior",), "n_kp_prior", int, "model", "number of prior keypoints kept"),
-    (("--dec_bone",), "dec_bone", str, "model", "decoder: gauss_pointnetpp_feat (masked) or gauss_pointnetpp (object)"),
-    (("--patch_size",), "patch_size", int, "model", "prior patch size"),
-    (("--learned_feature_dim",), "learned_feature_dim", int, "model", "visual feature dimension D"),
-    (("--use_object_enc",), "use_object_enc", _BOOL, "model", "glimpse (object) encoder"),
-    (("--use_object_dec",), "use_object_dec", _BOOL, "model", "glimpse (object) decoder: the object model"),
-    (("--warmup_epoch",), "warmup_epoch", int, "train", "object models: warm-up epochs (noisy masks for 5x as many)"),
-    (("--anchor_s",), "anchor_s", float, "model", "glimpse size as a fraction of the image"),
-    (("--exclusive_patches",), "exclusive_patches", _BOOL, "model", "object glimpses exclusive in particle order"),
-)
-EXTRA_FLAGS = (
-    (("--image-size",), "image_size", int, "model", "image size (the model is built for it)"),
-    (("--seed",), "seed", int, "train", "random seed (data order, initialisation, sampling)"),
-    (("--use_tps",), "use_tps", _BOOL, "train", "thin-plate-spline warps (face datasets)"),
-    (("--use_pairs",), "use_pairs", _BOOL, "train", "(strong warp -> prior, light warp -> posterior) pairs"),
-    (("--num-train-images",), "num_train_images", int, "train", "shapes: number of generated training images"),
-    (("--topk",), "topk", int, "train", "particles shown in the top-k figure and used by top-k evaluation"),
-    (("--beta_obj_on",), "beta_obj_on", float, "train",
-     "object models: cost of each switched-on particle after the noisy-mask phase (0 = the official objective)"),
-    (("--obj_on_ramp_epochs",), "obj_on_ramp_epochs", int, "train",
-     "object models: epochs over which the beta_obj_on cost rises linearly from 0 once the noisy phase ends"),
-    (("--beta_spread",), "beta_spread", float, "train",
-     "object models: cost of decoded alpha far from its particle after the warm-up (0 = the official objective)"),
-    (("--prior_anchored_positions",), "prior_anchored_positions", _BOOL, "model",
-     "object models: particles are the prior's top proposals moved by offsets read from their glimpses"),
-)
-FILE_KEYS = {dest: target for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS}
-MODEL_KEYS = {f.name for f in dataclasses.fields(DLPConfig)} - {"extra"}
-TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+from dlp.config import GROUPS, ConfigBase, ResolvedConfig, TrainConfig, resolve_config
 
 
-def _preset_defaults(dest: str, target: str) -> str:
-    values = {}
-    for name in list_presets():
-        preset = get_preset(name)
-        config = preset.model_config() if target == "model" else preset.train_config()
-        values[name] = getattr(config, dest)
-    if len(set(map(repr, values.values()))) == 1:
-        return f"all presets: {next(iter(values.values()))}"
-    return "presets: " + ", ".join(f"{n}={v}" for n, v in values.items())
-
-
-def _add_flag(parser, flags, dest, kind, target, text):
-    help_text = f"{text} ({_preset_defaults(dest, target)})"
-    if kind is _BOOL:
-        parser.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-    else:
-        parser.add_argument(*flags, dest=dest, type=kind, default=None, help=help_text)
-
-
-class _DefaultsFormatter(argparse.HelpFormatter):
-    """Shows a default only where there is one (preset-dependent flags list theirs per preset)."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a default only where one means something (preset-dependent flags list theirs per preset)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
         if action.default not in (None, False, "", argparse.SUPPRESS) and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
 
 
-def configure_parser(subparsers) -> None:
+def spellings(name: str) -> list[str]:
+    """`--batch_size` and `--batch-size` for a field name (the official underscore names first)."""
+    forms = [f"--{name}"]
+    if "_" in name:
+        forms.append(f"--{name.replace('_', '-')}")
+    if "-" in name:
+        forms.append(f"--{name.replace('-', '_')}")
+    return forms
+
+
+def _flag_strings(f: dataclasses.Field) -> list[str]:
+    flags = spellings(f.name)
+    for extra in f.metadata.get("flags", ()):
+        for form in ([extra] if not extra.startswith("--") else spellings(extra[2:])):
+            if form not in flags:
+                flags.append(form)
+    short = [s for s in flags if not s.startswith("--")]
+    return short + [s for s in flags if s.startswith("--")]
+
+
+def _value_type(annotation: str):
+    base = annotation.replace(" | None", "")
+    if base.startswith("tuple["):
+        return {"int": int, "float": float, "str": str}[base[6:].split(",")[0].strip()], "+"
+    return {"int": int, "float": float, "str": str, "bool": bool}.get(base, str), None
+
+
+def config_fields(config_class: type) -> list[tuple[dataclasses.Field, str]]:
+    """(field, `--help` group) of every flag of a config class, nested config groups flattened."""
+    out = []
+    for f in dataclasses.fields(config_class):
+        nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if isinstance(nested, type) and issubclass(nested, ConfigBase):
+            out += [(g, g.metadata.get("group") or nested.default_group) for g in dataclasses.fields(nested)]
+        elif f.name != "dataset":  # -d/--dataset has its own flag
+            out.append((f, f.metadata.get("group") or config_class.default_group))
+    return out
+
+
+def _preset_defaults(family: str, name: str) -> str:
+    from dlp.registry import get_preset, list_presets
+
+    values = {}
+    for preset_name in list_presets(family):
+        preset = get_preset(preset_name)
+        model, train = preset.model_config(), preset.train_config()
+        source = model if name in model.field_names() else getattr(train, "extensions", None)
+        source = train if name in train.field_names() else source
+        value = getattr(source, name, None)
+        values[preset_name] = list(value) if isinstance(value, tuple) else value
+    if not values:
+        return ""
+    if len(set(map(repr, values.values()))) == 1:
+        return f"all presets: {next(iter(values.values()))}"
+    return "presets: " + ", ".join(f"{n}={v}" for n, v in values.items())
+
+
+def family_from_argv(argv: list[str] | None) -> str:
+    """The model family a `dlp train` command line trains: from --resume, --preset, --config or -d, else that of the
+    default dataset's preset."""
+    from dlp.data.registry import dataset_info
+    from dlp.registry import get_preset
+
+    default = get_preset(dataset_info(TrainConfig.dataset).default_preset).family
+
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flags in (("--preset",), ("-d", "--dataset"), ("--resume",), ("--config",)):
+        pre.add_argument(*flags)
+    known, _ = pre.parse_known_args(list(argv or []))
+    try:
+        if known.resume:
+            from dlp.checkpoint import read_checkpoint
+            from dlp.engine.trainer import resolve_resume_path
+
+            return read_checkpoint(resolve_resume_path(known.resume))["arch"]
+        preset = known.preset
+        if preset is None and known.config:
+            from dlp.config import read_config_file
+
+            values = read_config_file(known.config)
+            if values.get("family"):
+                return values["family"]
+            preset = values.get("preset")
+        if preset is None and known.dataset:
+            preset = dataset_info(known.dataset).default_preset
+        return get_preset(preset).family if preset else default
+    except ValueError:  # a bad name or file: resolution reports it with its own message later
+        return default
+
+
+def configure_parser(subparsers, argv: list[str] | None = None) -> None:
+    from dlp.data.registry import list_datasets
+    from dlp.registry import get_family, list_models, list_presets
+
+    family = get_family(family_from_argv(argv))
+    others = [name for name in list_models() if name != family.name]
     p = subparsers.add_parser(
-        "train", help="train a DLP model",
-        description="Train a DLP model. -d picks a dataset and its paper preset; every flag you type overrides that "
-        "one value of the preset (defaults per preset are listed with each flag; `dlp presets` shows them all).",
-        formatter_class=_DefaultsFormatter,
+        "train", help="train a model of any family", formatter_class=_HelpFormatter,
+        description=f"Train a {family.name!r} model ({family.description}). --preset or -d picks a starting preset; "
+        "every flag you type overrides that one value (the defaults of each preset are listed with each flag; "
+        "`dlp presets` shows them all). The flags below are those of the "
+        f"{family.name!r} family; `dlp train --preset NAME --help` shows those of another family"
+        + (f" ({', '.join(others)})." if others else "."),
     )
-    p.add_argument("-d", "--dataset", choices=DATASETS, default=None,
-                   help="dataset; also selects its preset (shapes, celeba, landmarks->celeba64, clevrer, traffic)")
-    p.add_argument("--preset", default=None, help=f"preset to start from: {', '.join(list_presets())}")
-    p.add_argument("--config", default=None, help="YAML or JSON file with flag values (keys = flag names)")
-    p.add_argument("-o", "--override", action="store_true",
-                   help="accepted for compatibility with train_dlp.py; typed flags always override")
-    p.add_argument("-p", "--prefix", default="", help="suffix added to the run name")
-    for flags, dest, kind, target, text in OFFICIAL_FLAGS + EXTRA_FLAGS:
-        _add_flag(p, flags, dest, kind, target, text)
-    p.add_argument("--data-root", default=None, help="dataset location (not needed for shapes)")
-    p.add_argument("--output-dir", default="runs", help="where run directories are created")
-    p.add_argument("--name", default=None, help="run directory name (default: <preset><prefix>-<date>-<time>)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device")
-    p.add_argument("--resume", default=None, metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimisation steps in total")
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--num-processes", type=int, default=1,
-                   help="data-parallel processes on this machine (re-launches itself with torch.distributed.run)")
-    p.add_argument("--log-with", choices=("tensorboard",), default=None, help="also log to TensorBoard")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="GPU mixed precision")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back when unavailable)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="NHWC memory format for the convolutions (same math, faster on CPUs and GPUs)")
-    p.add_argument("--vgg-weights", default=os.environ.get("DLP_VGG_WEIGHTS"),
-                   help="VGG16 ImageNet weights for -v vgg (default: $DLP_VGG_WEIGHTS, the torch hub cache, download)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(func=run_train)
+    data = p.add_argument_group(GROUPS["data"])
+    data.add_argument("-d", "--dataset", choices=list_datasets(), default=None,
+                      help="dataset; without --preset also selects its default preset")
+    groups = {"data": data}
+    for key in ("model", "objective", "extensions"):
+        groups[key] = p.add_argument_group(GROUPS[key])
+    run = p.add_argument_group("run")
+    run.add_argument("--preset", default=None, help=f"preset to start from: {', '.join(list_presets())}")
+    run.add_argument("--config", default=None, help="YAML or JSON file with flag values (keys = flag names)")
+    seen: set[str] = set()
+    for config_class in (family.config_class, family.train_config_class):
+        for f, group in config_fields(config_class):
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+            kind, nargs = _value_type(str(f.type))
+            defaults = _preset_defaults(family.name, f.name)
+            text = f.metadata.get("help", "") + (f" ({defaults})" if defaults else "")
+            target = groups.get(group, groups["objective"])
+            if kind is bool:
+                target.add_argument(*_flag_strings(f), dest=f.name, action=argparse.BooleanOptionalAction,
+                                    default=None, help=text)
+            else:
+                target.add_argument(*_flag_strings(f), dest=f.name, type=kind, nargs=nargs, default=None,
+                                    choices=f.metadata.get("choices"), help=text)
+    run.add_argument("-o", "--override", action="store_true",
+                     help="accepted for compatibility with train_dlp.py command lines; typed flags always override")
+    run.add_argument("-p", "--prefix", default="",
+                     help="text added after the preset name in the run directory name: <preset><PREFIX>-<date>-<time> "
+                          "(the official run_prefix)")
+    for flags, kwargs in (
+        (("--output-dir",), dict(default="runs", help="where run directories are created")),
+        (("--name",), dict(default=None, help="run directory name (default: <preset><prefix>-<date>-<time>)")),
+        (("--device",), dict(default="auto", choices=("auto", "cpu", "cuda"), help="device")),
+        (("--resume",), dict(default=None, metavar="RUN_DIR_OR_CKPT", help="continue a run from its last.pt")),
+        (("--max-steps",), dict(type=int, default=None, help="stop after this many optimisation steps in total")),
+        (("--num-workers",), dict(type=int, default=0, help="data-loading worker processes")),
+        (("--num-processes",), dict(type=int, default=1, help="data-parallel processes on this machine "
+                                    "(re-launches itself with torch.distributed.run)")),
+        (("--log-with",), dict(choices=("tensorboard",), default=None, help="also log to TensorBoard")),
+        (("--precision",), dict(choices=("fp32", "bf16", "fp16"), default="fp32", help="GPU mixed precision")),
+        (("--compile",), dict(action="store_true", help="torch.compile the model (falls back when unavailable)")),
+        (("--channels-last",), dict(action=argparse.BooleanOptionalAction, default=True,
+                                    help="NHWC memory format for the convolutions (same math, faster on CPUs and GPUs)")),
+        (("--vgg-weights",), dict(default=os.environ.get("DLP_VGG_WEIGHTS"),
+                                  help="VGG16 ImageNet weights for perceptual losses (default: $DLP_VGG_WEIGHTS, the "
+                                       "torch hub cache, download)")),
+        (("--no-progress",), dict(dest="progress", action="store_false", help="no progress bars")),
+    ):
+        names = [form for flag in flags for form in spellings(flag[2:])]
+        run.add_argument(*names, **kwargs)
+    p.set_defaults(func=run_train, family=family.name,
+                   config_dests=sorted(seen))
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file {path} does not exist.")
-    text = file.read_text()
-    data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    data = data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of flag names to values.")
-    # A run's own config.yaml ({model: ..., train: ..., run: ...}) is accepted too.
-    if set(data) <= {"model", "train", "run"} and data:
-        return {**data.get("model", {}), **data.get("train", {})}
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = set(data) - set(FILE_KEYS) - MODEL_KEYS - TRAIN_KEYS - {"preset"}
-    if unknown:
-        raise ConfigError(
-            f"config file {path} has unknown keys {sorted(unknown)}; use `dlp train` flag names or DLPConfig/TrainConfig fields."
-        )
-    return data
-
-
-def resolve_configs(args: argparse.Namespace) -> tuple[str, DLPConfig, TrainConfig]:
-    """(preset name, model config, train config) from preset < config file < typed flags."""
-    file_values = _read_config_file(args.config) if args.config else {}
+def resolve_args(args: argparse.Namespace) -> ResolvedConfig:
+    """The run's configs from parsed `dlp train` arguments (see `dlp.config.resolve_config`)."""
     resumed = None
     if args.resume:  # the checkpoint describes the run: its architecture and its training settings
         from dlp.checkpoint import read_checkpoint
         from dlp.engine.trainer import resolve_resume_path
 
         resumed = read_checkpoint(resolve_resume_path(args.resume))
-    chosen_dataset = args.dataset or file_values.get("dataset")  # None: the preset's (or the resumed run's)
-    dataset = chosen_dataset
-    if resumed and dataset is None:
-        dataset = (resumed.get("train_config") or {}).get("dataset")
-    preset_name = args.preset or file_values.get("preset")
-    if preset_name is None:
-        dataset = dataset or "shapes"
-        if dataset in DATASET_PRESETS:
-            preset_name = DATASET_PRESETS[dataset]
-        elif not resumed:  # a resumed run takes everything from its checkpoint and needs no preset
-            raise ConfigError(f"dataset {dataset!r} has no paper preset; choose one with --preset ({', '.join(list_presets())}).")
-    if resumed:
-        model_values = dict(resumed["config"])
-        train_values = dict(resumed.get("train_config") or get_preset(preset_name or "shapes").train)
-    else:
-        preset = get_preset(preset_name)
-        model_values, train_values = dict(preset.model), dict(preset.train)
-    for key, value in file_values.items():
-        if key in MODEL_KEYS:
-            model_values[key] = value
-        elif key in TRAIN_KEYS:
-            train_values[key] = value
-    for _, dest, _, target, _ in OFFICIAL_FLAGS + EXTRA_FLAGS:
-        value = getattr(args, dest)
-        if value is not None:
-            (model_values if target == "model" else train_values)[dest] = value
-    if chosen_dataset is not None:
-        train_values["dataset"] = chosen_dataset
-    if args.data_root is not None:
-        train_values["data_root"] = args.data_root
-    if train_values.get("dataset") not in DATASETS:
-        raise ConfigError(f"unknown dataset {train_values.get('dataset')!r}; choose one of {', '.join(DATASETS)}.")
-    return preset_name, DLPConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+    overrides = {dest: getattr(args, dest) for dest in args.config_dests if getattr(args, dest) is not None}
+    return resolve_config(preset=args.preset, dataset=args.dataset, config_file=args.config, overrides=overrides,
+                          resume=resumed)
 
 
 def _relaunch_distributed(args: argparse.Namespace) -> int:
@@ -207,10 +210,10 @@ def _relaunch_distributed(args: argparse.Namespace) -> int:
         if skip:
             skip = False
             continue
-        if item == "--num-processes":
+        if item in ("--num-processes", "--num_processes"):
             skip = True
             continue
-        if item.startswith("--num-processes="):
+        if item.startswith(("--num-processes=", "--num_processes=")):
             continue
         cleaned.append(item)
     if args.name is None and args.resume is None:  # every process must agree on the run directory
@@ -225,16 +228,15 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _relaunch_distributed(args)
-    preset_name, model_config, train_config = resolve_configs(args)
+    resolved = resolve_args(args)
     name = args.name
     if name is None and args.resume is None:
-        name = f"{preset_name}{args.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = f"{resolved.preset or resolved.family}{args.prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(output_dir=args.output_dir, name=name, device=args.device, resume=args.resume,
                          max_steps=args.max_steps, num_workers=args.num_workers, log_with=args.log_with,
                          precision=args.precision, compile=args.compile, channels_last=args.channels_last,
-                         vgg_weights=args.vgg_weights,
-                         progress=args.progress)
-    trainer = Trainer(model_config, train_config, options)
+                         vgg_weights=args.vgg_weights, progress=args.progress)
+    trainer = Trainer(resolved.model, resolved.train, options)
     result = trainer.fit()
     if trainer.is_main:
         print(f"run directory: {result.run_dir}")

@@ -1,9 +1,10 @@
-"""The training engine: one loop for a laptop CPU, one GPU or many GPUs/nodes (HuggingFace Accelerate).
+"""The training engine: one loop for every model family, on a laptop CPU, one GPU or many GPUs/nodes (Accelerate).
 
-The official schedule (`train_dlp.py`): per epoch, `warmup = epoch < warmup_epoch` (object models learn to
-reconstruct their own glimpses, no background decoder) and `noisy_masks = epoch < 5 * warmup_epoch`; two Adam
-optimisers (eps 1e-4) over the encoder-side and decoder-side parameters, both stepped every batch; MultiStepLR on
-each, stepped once per epoch.
+The engine knows no family. It builds the model through the registry and asks the family's objective
+(`dlp.engine.objective.Objective`) for everything specific to it: the phase of each epoch, the loss terms of a
+batch, the optimisers and schedulers, the figures and the held-out evaluation. It owns the rest: the run directory,
+data order, logging, checkpoints (`last.pt` every epoch, `best.pt` by the evaluation score), resume (bit-identical to
+an uninterrupted run), Ctrl-C / SIGTERM, mixed precision and data-parallel processes.
 """
 
 from __future__ import annotations
@@ -24,15 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dlp.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from dlp.config import ConfigError, DLPConfig, TrainConfig
+from dlp.config import ConfigError, TrainConfig
 from dlp.engine.allocator import retain_freed_memory
-from dlp.losses import dlp_loss
-from dlp.model import DLP
-
-ENCODER_SIDE = ("prior", "encoder", "to_normal_stats", "anchor_offsets", "bg_encoder", "glimpse_encoder", "obj_on_head")
-DECODER_SIDE = ("decoder", "pointnet", "glimpse_decoder")
-LOSS_KEYS = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread")
-HEADLINE_METRICS = ("recall@4", "precision@4", "fair/mu", "official/mu", "elbo/elbo", "elbo/psnr")
 
 
 @dataclass
@@ -71,30 +65,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def first_normal_epoch(warmup_epoch: int) -> int:
-    """Object models leave the noisy-mask phase after 5 x warmup_epoch epochs (the warm-up included)."""
-    return 5 * warmup_epoch
-
-
-def phase_of(epoch: int, warmup_epoch: int, object_model: bool) -> str:
-    if object_model and epoch < warmup_epoch:
-        return "warm-up"
-    if object_model and epoch < first_normal_epoch(warmup_epoch):
-        return "noisy"
-    return "normal"
-
-
-def obj_on_cost_weight(train_config: TrainConfig, epoch: int) -> float:
-    """The weight of the obj_on sparsity cost in a normal-phase `epoch` of an object model.
-
-    It rises linearly to `beta_obj_on` over the first `obj_on_ramp_epochs` normal epochs (0: full weight at once).
-    """
-    if train_config.obj_on_ramp_epochs == 0:
-        return train_config.beta_obj_on
-    normal_epochs_so_far = max(1, epoch - first_normal_epoch(train_config.warmup_epoch) + 1)
-    return train_config.beta_obj_on * min(1.0, normal_epochs_so_far / train_config.obj_on_ramp_epochs)
-
-
 class EpochShuffleSampler(Sampler[int]):
     """A shuffle that depends only on (seed, epoch), so a resumed run sees exactly the batches it would have seen."""
 
@@ -106,25 +76,12 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        g = torch.Generator().manual_seed(seed)
         return iter(torch.randperm(self.length, generator=g).tolist())
 
     def __len__(self) -> int:
         return self.length
-
-
-def parameter_groups(model: DLP) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """The official optimiser split: (prior + encoders, decoders)."""
-    groups = []
-    for names in (ENCODER_SIDE, DECODER_SIDE):
-        params = []
-        for name in names:
-            module = getattr(model, name)
-            if module is not None:
-                params += list(module.parameters())
-        groups.append(params)
-    assert sum(map(len, groups)) == len(list(model.parameters())), "every parameter belongs to one optimiser"
-    return groups[0], groups[1]
 
 
 def _rng_state() -> dict[str, Any]:
@@ -163,15 +120,26 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains a DLP model. Usage: `Trainer(model_config, train_config, options).fit()`."""
+    """Trains a model of any registered family: `Trainer(model_config, train_config, options).fit()`.
 
-    def __init__(self, model_config: DLPConfig, train_config: TrainConfig, options: RunOptions | None = None, *,
+    `model_config` is the family's architecture config (it selects the family), `train_config` the family's
+    training config. `train_dataset` replaces the dataset the config names; `eval_fn(model, objective, device=...)`
+    replaces the objective's held-out evaluation.
+    """
+
+    def __init__(self, model_config: Any, train_config: TrainConfig, options: RunOptions | None = None, *,
                  train_dataset: Dataset | None = None, eval_fn: Callable | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
+        from dlp.registry import family_for_config
+
         self.options = options = options or RunOptions()
+        self.family = family_for_config(model_config)
         self.cfg, self.tcfg = model_config, train_config
+        if not isinstance(train_config, self.family.train_config_class):
+            raise ConfigError(f"the {self.family.name!r} family trains with a {self.family.train_config_class.__name__}, "
+                              f"not a {type(train_config).__name__}.")
         resume_payload = None
         if options.resume:
             resume_payload = read_checkpoint(resolve_resume_path(options.resume))
@@ -204,41 +172,40 @@ class Trainer:
         self.train_dataset = train_dataset if train_dataset is not None else self._build_dataset("train")
         if len(self.train_dataset) < train_config.batch_size * self.accelerator.num_processes:
             raise ConfigError(
-                f"the training set has {len(self.train_dataset)} images, fewer than one batch of "
+                f"the training set has {len(self.train_dataset)} items, fewer than one batch of "
                 f"{train_config.batch_size}; lower --batch_size or add data."
             )
-        self._check_sample_size()
-        self.rec_loss = self._reconstruction_loss()
-        self.run_dir = self._make_run_dir(resume_payload)
+        self.objective = self.family.objective_class(model_config, train_config, device=self.accelerator.device,
+                                                     vgg_weights=options.vgg_weights)
+        self.objective.check_item(self.train_dataset[0])
+        self.run_dir = self._make_run_dir()
         self.eval_fn = eval_fn
 
         torch.manual_seed(train_config.seed)
-        model = DLP(model_config)
+        model = self.family.build_model(model_config)
         if self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBatchNorm runs on GPU modules only
         if options.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        enc_params, dec_params = parameter_groups(model)
-        adam = dict(lr=train_config.lr, betas=(0.9, 0.999), eps=train_config.adam_eps, weight_decay=0.0)
-        self.opt_e = torch.optim.Adam(enc_params, **adam)
-        self.opt_d = torch.optim.Adam(dec_params, **adam)
-        self.sched_e = torch.optim.lr_scheduler.MultiStepLR(self.opt_e, train_config.lr_milestones, train_config.lr_gamma)
-        self.sched_d = torch.optim.lr_scheduler.MultiStepLR(self.opt_d, train_config.lr_milestones, train_config.lr_gamma)
+        self.optimizers, self.schedulers = self.objective.configure_optimizers(model)
 
         self.sampler = EpochShuffleSampler(len(self.train_dataset), train_config.seed)
         loader = DataLoader(self.train_dataset, batch_size=train_config.batch_size, sampler=self.sampler,
                             drop_last=True, num_workers=options.num_workers, pin_memory=not use_cpu,
                             persistent_workers=options.num_workers > 0, generator=torch.Generator())
-        self.model, self.opt_e, self.opt_d, self.loader = self.accelerator.prepare(model, self.opt_e, self.opt_d, loader)
+        prepared = self.accelerator.prepare(model, *self.optimizers, loader)
+        self.model, self.optimizers, self.loader = prepared[0], list(prepared[1:-1]), prepared[-1]
         self.forward_model = self.model
         self._compiled_ok = False
         if options.compile:
             self.forward_model = _try_compile(self.model)
 
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
-        self.epoch_sums = torch.zeros(len(LOSS_KEYS) + 1, device=self.accelerator.device)
+        self.loss_names = tuple(self.objective.loss_names)
+        self.epoch_sums = torch.zeros(len(self.loss_names) + 1, device=self.accelerator.device)
         self.metrics: list[dict] = []
         self.best_score = math.inf
+        self._figure_step = 0  # the step of the last figure drawn
         if resume_payload is not None:
             self._load_state(resume_payload)
         if self.is_main:
@@ -250,13 +217,18 @@ class Trainer:
     def _check_resume_compatible(self, payload: dict) -> None:
         if "train_state" not in payload:
             raise CheckpointError("this checkpoint holds weights only, not a training state; it cannot be resumed.")
-        stored = DLPConfig.from_dict(payload["config"])
+        if "optimizers" not in payload["train_state"]:
+            raise CheckpointError("this checkpoint was written by an older version of dlp: it loads for evaluation and "
+                                  "the demo, but its optimiser state cannot be resumed.")
+        if payload.get("arch") != self.family.name:
+            raise ConfigError(f"cannot resume a {payload.get('arch')!r} checkpoint as a {self.family.name!r} model.")
+        stored = self.family.config_class.from_dict(payload["config"])
         diff = stored.diff(self.cfg)
         if diff:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(f"cannot resume with a different architecture ({details}); drop the changed flags.")
 
-    def _make_run_dir(self, resume_payload: dict | None) -> Path:
+    def _make_run_dir(self) -> Path:
         if self.options.resume:
             path = resolve_resume_path(self.options.resume)
             run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -270,14 +242,6 @@ class Trainer:
             (run_dir / "figures").mkdir(parents=True, exist_ok=True)
         return run_dir
 
-    def _reconstruction_loss(self):
-        if self.tcfg.rec_loss_function != "vgg":
-            return None
-        from dlp.perceptual import VGGPerceptual
-
-        vgg = VGGPerceptual(weights=self.options.vgg_weights).to(self.accelerator.device)
-        return lambda x, y: vgg(x, y, reduction="none")
-
     def _build_dataset(self, split: str):
         from dlp.data.registry import build_dataset
 
@@ -285,52 +249,44 @@ class Trainer:
                              split=split, use_tps=self.tcfg.use_tps, use_pairs=self.tcfg.use_pairs,
                              seed=self.tcfg.seed, num_images=self.tcfg.num_train_images)
 
-    def _check_sample_size(self) -> None:
-        image = self.train_dataset[0]["image"]
-        expected = (self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size)
-        if tuple(image.shape) != expected:
-            raise ConfigError(
-                f"the dataset yields images of shape {list(image.shape)} but the model expects {list(expected)}; "
-                f"pass --image-size {image.shape[-1]} or prepare the data at {self.cfg.image_size} pixels."
-            )
-
     def _write_config(self) -> None:
         import yaml
 
-        resolved = {"model": self.cfg.to_dict(), "train": self.tcfg.to_dict(),
+        resolved = {"family": self.family.name, "model": self.cfg.to_dict(), "train": self.tcfg.to_dict(),
                     "run": {k: v for k, v in vars(self.options).items() if k not in ("progress",)}}
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     # ------------------------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        unwrapped = self.accelerator.unwrap_model(self.model)
         return {
-            "optimizer_e": self.opt_e.state_dict(), "optimizer_d": self.opt_d.state_dict(),
-            "scheduler_e": self.sched_e.state_dict(), "scheduler_d": self.sched_d.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [sched.state_dict() for sched in self.schedulers],
             "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
             "epoch_sums": self.epoch_sums.detach().cpu(), "best_score": self.best_score, "rng": _rng_state(),
-        }, unwrapped
+        }
 
     def save(self, filename: str = "last.pt") -> Path | None:
         """Write a checkpoint from the main process (callers synchronise processes first)."""
         if not self.is_main:
             return None
-        state, unwrapped = self._state()
-        model_to_save = unwrapped
-        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in unwrapped.modules()):
-            model_to_save = DLP(self.cfg)
-            model_to_save.load_state_dict(unwrapped.state_dict())
-        return save_checkpoint(self.run_dir / "checkpoints" / filename, model_to_save, train_state=state,
+        model_to_save = self.accelerator.unwrap_model(self.model)
+        if any(isinstance(m, torch.nn.SyncBatchNorm) for m in model_to_save.modules()):
+            plain = self.family.build_model(self.cfg)
+            plain.load_state_dict(model_to_save.state_dict())
+            model_to_save = plain
+        return save_checkpoint(self.run_dir / "checkpoints" / filename, model_to_save, train_state=self._state(),
                                train_config=self.tcfg.to_dict(), epoch=self.epoch, step=self.step,
                                metrics=self.metrics[-1] if self.metrics else {})
 
     def _load_state(self, payload: dict) -> None:
         state = payload["train_state"]
         self.accelerator.unwrap_model(self.model).load_state_dict(payload["model"], strict=True)
-        self.opt_e.load_state_dict(state["optimizer_e"])
-        self.opt_d.load_state_dict(state["optimizer_d"])
-        self.sched_e.load_state_dict(state["scheduler_e"])
-        self.sched_d.load_state_dict(state["scheduler_d"])
+        if len(state["optimizers"]) != len(self.optimizers) or len(state["schedulers"]) != len(self.schedulers):
+            raise CheckpointError("the checkpoint's optimisers do not match this family's; it cannot be resumed.")
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        for sched, sched_state in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(sched_state)
         self.epoch, self.step, self.batch_in_epoch = state["epoch"], state["step"], state["batch_in_epoch"]
         self.epoch_sums = state["epoch_sums"].to(self.accelerator.device)
         self.best_score = state["best_score"]
@@ -340,45 +296,40 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------------------------------------------------
+    def _prepare_batch(self, batch: dict) -> dict:
+        if not self.options.channels_last:
+            return batch
+        return {k: v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.dim() == 4
+                and v.is_floating_point() else v for k, v in batch.items()}
+
+    def _zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=False)
+
     def train_step(self, batch: dict, phase: str) -> torch.Tensor:
-        """One optimisation step; returns the detached loss terms (no host synchronisation)."""
-        x = batch["image"]
-        x_prior = batch.get("image_prior")
-        if self.options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            x_prior = None if x_prior is None else x_prior.contiguous(memory_format=torch.channels_last)
-        self.opt_e.zero_grad(set_to_none=False)
-        self.opt_d.zero_grad(set_to_none=False)
+        """One optimisation step; returns the detached loss terms in `loss_names` order (no host synchronisation)."""
+        batch = self._prepare_batch(batch)
+        self._zero_grad()
         if self.forward_model is not self.model and not self._compiled_ok:
             # torch.compile fails lazily, at the first forward or backward: fall back to eager mode then.
             try:
-                terms = self._loss_and_backward(x, x_prior, phase)
+                terms = self._loss_and_backward(batch, phase)
                 self._compiled_ok = True
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
                 print(f"torch.compile failed ({type(exc).__name__}); continuing without it.")
                 self.forward_model = self.model
-                self.opt_e.zero_grad(set_to_none=False)
-                self.opt_d.zero_grad(set_to_none=False)
-                terms = self._loss_and_backward(x, x_prior, phase)
+                self._zero_grad()
+                terms = self._loss_and_backward(batch, phase)
         else:
-            terms = self._loss_and_backward(x, x_prior, phase)
-        self.opt_e.step()
-        self.opt_d.step()
-        return torch.stack([getattr(terms, k).detach().float() for k in LOSS_KEYS])
+            terms = self._loss_and_backward(batch, phase)
+        for opt in self.optimizers:
+            opt.step()
+        return torch.stack([terms[k].detach().float() for k in self.loss_names])
 
-    def _loss_and_backward(self, x: torch.Tensor, x_prior: torch.Tensor | None, phase: str):
-        warmup = phase == "warm-up"
-        obj_on_weight = obj_on_cost_weight(self.tcfg, self.epoch) if phase == "normal" else 0.0
+    def _loss_and_backward(self, batch: dict, phase: str) -> dict[str, torch.Tensor]:
         with self.accelerator.autocast():
-            out = self.forward_model(x, x_prior, warmup=warmup, noisy_masks=phase != "normal")
-            terms = dlp_loss(out, x, beta_rec=self.tcfg.beta_rec, beta_kl=self.tcfg.beta_kl,
-                             kl_balance=self.tcfg.kl_balance, logvar_prior=self.cfg.logvar_prior, warmup=warmup,
-                             rec_loss=self.rec_loss, beta_obj_on=obj_on_weight,
-                             beta_spread=0.0 if warmup else self.tcfg.beta_spread)
-        loss = terms.loss
-        if warmup and self.cfg.use_object_dec and self.accelerator.num_processes > 1:
-            loss = loss + 0.0 * out.rec.mean()  # keeps every DDP bucket in the graph
-        self.accelerator.backward(loss)
+            terms = self.objective.loss(self.forward_model, batch, epoch=self.epoch, phase=phase)
+        self.accelerator.backward(terms["loss"])
         return terms
 
     def fit(self) -> TrainResult:
@@ -389,14 +340,14 @@ class Trainer:
         from tqdm.auto import tqdm
 
         tcfg, opts = self.tcfg, self.options
-        object_model = self.cfg.use_object_dec
         steps_per_epoch = len(self.loader)
         interrupted = False
+        self._figure_step = self.step
         try:
             while self.epoch < tcfg.num_epochs:
                 if opts.max_steps is not None and self.step >= opts.max_steps:
                     break
-                phase = phase_of(self.epoch, tcfg.warmup_epoch, object_model)
+                phase = self.objective.phase(self.epoch)
                 self.sampler.shuffle_for_epoch(self.epoch)
                 self.model.train()
                 loader = self.loader
@@ -404,7 +355,10 @@ class Trainer:
                     from accelerate import skip_first_batches
 
                     loader = skip_first_batches(self.loader, self.batch_in_epoch)
-                bar = tqdm(total=steps_per_epoch, initial=self.batch_in_epoch, disable=not (opts.progress and self.is_main),
+                last_batch = steps_per_epoch
+                if opts.max_steps is not None:  # the bar ends where --max-steps stops the run
+                    last_batch = min(steps_per_epoch, self.batch_in_epoch + opts.max_steps - self.step)
+                bar = tqdm(total=last_batch, initial=self.batch_in_epoch, disable=not (opts.progress and self.is_main),
                            desc=f"epoch {self.epoch + 1}/{tcfg.num_epochs} [{phase}]", leave=False, dynamic_ncols=True)
                 start = time.perf_counter()
                 stopped = False
@@ -415,32 +369,65 @@ class Trainer:
                     self.batch_in_epoch += 1
                     bar.update(1)
                     if self.step % opts.log_every == 0 and bar.disable is False:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in zip(LOSS_KEYS, terms.tolist())}, refresh=False)
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in zip(self.loss_names, terms.tolist())}, refresh=False)
                     if opts.max_steps is not None and self.step >= opts.max_steps:
                         stopped = True
                         break
                 bar.close()
                 if stopped and self.batch_in_epoch < steps_per_epoch:
-                    break  # mid-epoch stop: last.pt records the position, --resume continues from it
+                    # mid-epoch stop: a metrics line and a figure for the steps so far; last.pt records the
+                    # position and --resume continues from it
+                    self._report_partial_epoch(phase, time.perf_counter() - start)
+                    break
                 self._end_epoch(phase, time.perf_counter() - start)
         except KeyboardInterrupt:
             interrupted = True
             if self.is_main:
                 print(f"\ninterrupted: saving {self.run_dir / 'checkpoints' / 'last.pt'}")
+        if self.step > self._figure_step:  # however short the run, it ends with a figure of its last state
+            self._save_figures(f"step_{self.step:07d}")
         self.accelerator.wait_for_everyone()
         self.save("last.pt")
         if opts.log_with:
             self.accelerator.end_training()
         return TrainResult(self.run_dir, self.epoch, self.step, self.metrics, interrupted)
 
-    def _end_epoch(self, phase: str, seconds: float) -> None:
+    def _epoch_record(self, phase: str, seconds: float) -> dict[str, Any]:
         sums = self.accelerator.reduce(self.epoch_sums, reduction="sum")
         means = (sums[:-1] / sums[-1].clamp_min(1)).tolist()
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step, "phase": phase,
-                                  "lr": self.sched_e.get_last_lr()[0], "seconds": round(seconds, 2)}
-        record.update({k: v for k, v in zip(LOSS_KEYS, means)})
-        self.sched_e.step()
-        self.sched_d.step()
+                                  "lr": self.optimizers[0].param_groups[0]["lr"], "seconds": round(seconds, 2)}
+        record.update(dict(zip(self.loss_names, means)))
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        """Append `record` to metrics.jsonl, print it and send it to the tracker (main process)."""
+        self.metrics.append(record)
+        if not self.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        parts = [f"epoch {record['epoch']}/{self.tcfg.num_epochs}"]
+        if record.get("partial"):
+            parts[0] += f", stopped at step {record['step']}"
+        parts.append(f"[{record['phase']}]")
+        parts += [f"{k}={record[k]:.4g}" for k in self.loss_names]
+        parts += [f"{k[5:]}={v:.4g}" for k, v in record.items()
+                  if k.startswith("eval/") and k.endswith(tuple(self.objective.headline_metrics))]
+        parts.append(f"({record['seconds']:.1f}s)")
+        print(" ".join(parts))
+        if self.options.log_with:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
+
+    def _report_partial_epoch(self, phase: str, seconds: float) -> None:
+        record = self._epoch_record(phase, seconds)
+        record["partial"] = True
+        self._log(record)
+
+    def _end_epoch(self, phase: str, seconds: float) -> None:
+        record = self._epoch_record(phase, seconds)
+        for sched in self.schedulers:
+            sched.step()
         is_last = self.epoch + 1 == self.tcfg.num_epochs
         evaluate = (self.epoch + 1) % self.tcfg.eval_freq == 0 or is_last
         score = None
@@ -451,18 +438,9 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_sums = torch.zeros_like(self.epoch_sums)
-        self.metrics.append(record)
-        if self.is_main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            summary = " ".join(f"{k}={record[k]:.4g}" for k in LOSS_KEYS)
-            extra = " ".join(f"{k[5:]}={v:.4g}" for k, v in record.items() if k.startswith("eval/") and
-                             k.endswith(HEADLINE_METRICS))
-            print(f"epoch {record['epoch']}/{self.tcfg.num_epochs} [{phase}] {summary} {extra} ({seconds:.1f}s)")
-            if self.options.log_with:
-                self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.step)
-            if evaluate:
-                self._save_figures(record["epoch"])
+        self._log(record)
+        if evaluate:
+            self._save_figures(f"epoch_{record['epoch']:04d}")
         self.accelerator.wait_for_everyone()
         self.save("last.pt")
         if score is not None and score < self.best_score:
@@ -470,38 +448,49 @@ class Trainer:
             self.save("best.pt")
 
     def _evaluate(self) -> dict[str, float]:
-        """Evaluation on held-out data (see `dlp.evaluation`); `score` (lower is better) chooses best.pt."""
-        if self.eval_fn is None:
-            from dlp.evaluation.training import evaluate_during_training
-
-            self.eval_fn = evaluate_during_training
+        """Held-out evaluation (the objective's, or `eval_fn`); `score` (lower is better) chooses best.pt."""
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         try:
-            metrics = self.eval_fn(model, self.tcfg, device=self.accelerator.device,
-                                   rec_loss=self.rec_loss) if self.is_main else {}
+            if not self.is_main:
+                return {}
+            with torch.random.fork_rng(devices=_cuda_devices(self.accelerator.device)):  # training draws unchanged
+                if self.eval_fn is not None:
+                    return self.eval_fn(model, self.objective, device=self.accelerator.device)
+                return self.objective.evaluate(model, device=self.accelerator.device)
         finally:
             model.train(was_training)
-        return metrics
 
-    def _save_figures(self, epoch: int) -> None:
-        from dlp.viz import plot_loss_curves, save_image, training_figure
+    def _save_figures(self, name: str) -> None:
+        """The objective's figures of the first training items (main one: `<name>.png`, `latest.png`) and the loss
+        curves; drawn without touching the training random streams."""
+        from dlp.viz import plot_loss_curves, save_image
 
+        self._figure_step = self.step
+        if not self.is_main:
+            return
         model = self.accelerator.unwrap_model(self.model)
-        batch = next(iter(DataLoader(self.train_dataset, batch_size=min(8, self.tcfg.batch_size), shuffle=False)))
-        x = batch["image"].to(self.accelerator.device)
-        x_prior = batch.get("image_prior")
-        x_prior = x if x_prior is None else x_prior.to(self.accelerator.device)
-        model.eval()
-        with torch.no_grad():
-            out = model(x, x_prior, deterministic=True)
-        model.train()
-        grid = training_figure(x, out, x_prior, topk=self.tcfg.topk, iou_thresh=self.tcfg.iou_thresh,
-                               anchor_s=self.cfg.anchor_s)
-        save_image(grid, self.run_dir / "figures" / f"epoch_{epoch:04d}.png")
-        save_image(grid, self.run_dir / "figures" / "latest.png")
-        plot_loss_curves(self.metrics, self.run_dir / "figures" / "loss_curves.png")
+        figures_dir = self.run_dir / "figures"
+        with torch.random.fork_rng(devices=_cuda_devices(self.accelerator.device)):
+            first = [self.train_dataset[i] for i in range(min(8, self.tcfg.batch_size, len(self.train_dataset)))]
+            batch = {k: v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v
+                     for k, v in torch.utils.data.default_collate(first).items()}
+            model.eval()
+            with torch.no_grad():
+                figures = self.objective.figures(model, batch)
+            model.train()
+        for i, (figure_name, grid) in enumerate(figures.items()):
+            prefix = "" if i == 0 else f"{figure_name}_"
+            save_image(grid, figures_dir / f"{prefix}{name}.png")
+            save_image(grid, figures_dir / f"{prefix}latest.png")
+        plot_loss_curves(self.metrics, figures_dir / "loss_curves.png")
+
+
+def _cuda_devices(device: torch.device) -> list[int]:
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def _try_compile(model):

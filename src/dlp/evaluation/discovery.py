@@ -30,24 +30,24 @@ class DiscoveryInputError(ValueError):
 
 
 def confident_particles(
-    logvar: torch.Tensor,
-    obj_on: torch.Tensor | None = None,
+    confidence: torch.Tensor,
+    presence: torch.Tensor | None = None,
     *,
-    obj_on_threshold: float = 0.5,
+    presence_threshold: float = 0.5,
     topk: int | None = None,
 ) -> torch.Tensor:
     """[B, K] bool mask of the confident foreground particles.
 
-    Object models (`obj_on` given): `obj_on > obj_on_threshold`. Masked models: the `topk` particles with the highest
-    confidence -sum_coords logvar per image (all particles if `topk` is None).
+    Models with a presence (`obj_on`): `presence > presence_threshold`. Others (DLP's masked model): the `topk`
+    particles of highest `confidence` per image (all particles if `topk` is None).
 
     Args:
-        logvar: [B, K, 2] log-variances of the foreground particles (drop the background row, the last one, first).
-        obj_on: [B, K] presence probabilities of an object model, or None for a masked model.
+        confidence: [B, K] per-particle confidence, higher = surer (DLP v1 masked: -sum_coords logvar).
+        presence: [B, K] presence probabilities, or None for a model without one.
     """
-    if obj_on is not None:
-        return obj_on.detach() > obj_on_threshold
-    conf = -logvar.detach().sum(-1)  # [B, K]
+    if presence is not None:
+        return presence.detach() > presence_threshold
+    conf = confidence.detach()  # [B, K]
     mask = torch.zeros_like(conf, dtype=torch.bool)
     k = conf.shape[1] if topk is None else min(int(topk), conf.shape[1])
     mask.scatter_(1, torch.topk(conf, k, dim=1).indices, True)

@@ -1,20 +1,21 @@
-"""`dlp eval CHECKPOINT`: evaluate a trained model with the metrics that fit its dataset.
+"""Evaluate a trained model (`dlp eval`) with the metrics that fit its dataset, for any model family.
 
-* landmark datasets (CelebA / MAFL / any folder with landmarks) -> keypoint linear regression (`regression`);
-* random shapes (ground-truth centres known) -> object discovery (`discovery`) and the validation ELBO (`elbo`);
-* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO.
+* datasets with landmarks (CelebA / MAFL / landmark folders) -> keypoint linear regression (`regression`);
+* datasets with ground-truth objects (random shapes) -> object discovery (`discovery`) and the validation ELBO;
+* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO (`elbo`).
 
->>> from dlp.evaluation.runner import evaluate_checkpoint, format_table
->>> results = evaluate_checkpoint("runs/celeba/checkpoint.pt", out="results.json")   # doctest: +SKIP
->>> print(format_table(results))                                                     # doctest: +SKIP
+What a dataset has comes from its registry entry (`dlp.data.registry.dataset_info`); the particles come from the
+family's `encode` + `particle_view`, the ELBO from the family's objective.
+
+>>> from dlp.evaluation import evaluate_checkpoint, format_table
+>>> results = evaluate_checkpoint("runs/celeba", out="results.json")   # a run directory or a .pt  # doctest: +SKIP
+>>> print(format_table(results))                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,7 @@ from typing import Any
 import torch
 
 METRICS = ("regression", "discovery", "elbo")
-# Dataset names whose items carry "landmarks"; other names are probed (first test item) before giving up.
-LANDMARK_DATASETS = frozenset({"celeba", "celeba64", "mafl", "landmarks", "celeba-mini"})
-SHAPES_DATASETS = frozenset({"shapes"})
-# The shapes evaluation set is generated with a seed far from any training seed, so it never repeats training images.
-SHAPES_EVAL_SEED_OFFSET = 1_000_003
-DEFAULT_SHAPES_IMAGES = 1000
+DEFAULT_GENERATED_IMAGES = 1000
 FIGURE_IMAGES = 8
 
 
@@ -79,19 +75,33 @@ def encode_dataset(
 ) -> dict[str, torch.Tensor]:
     """Deterministic particles of every image (model in eval mode), concatenated on the CPU.
 
-    Returns `mu`, `logvar` [N, K+1, 2], `mu_features`, `logvar_features` [N, K+1, D], `obj_on` [N, K] (object models),
-    plus the batch entries named in `keys` (e.g. "landmarks", "centers"), concatenated as well.
+    From the family's `particle_view`: `mu`, `logvar` [N, K+1, 2] and `mu_features`, `logvar_features` [N, K+1, D]
+    with the background particle as the last row (a row of zeros for families without one: `has_background` is then
+    0), `obj_on` [N, K] (models with a presence) and `confidence` [N, K]; plus the batch entries named in `keys`
+    (e.g. "landmarks", "centers"), concatenated as well.
     """
     was_training = model.training
     model.eval()
     model.to(device)
     acc: dict[str, list[torch.Tensor]] = {}
+    has_background = True
     try:
         for batch in loader:
             x = _images(batch).to(device, torch.float32)
-            particles = model.encode(x)  # posterior means and statistics, no sampling
-            for name in ("mu", "logvar", "mu_features", "logvar_features", "obj_on"):
-                value = getattr(particles, name, None)
+            view = model.particle_view(model.encode(x))  # posterior means and statistics, no sampling
+            bg = view.background_particle
+            has_background = bg is not None
+            b, d = view.features.shape[0], view.features.shape[-1]
+            no_row = {"position": view.positions.new_zeros(b, 2), "position_logvar": view.positions.new_zeros(b, 2),
+                      "features": view.features.new_zeros(b, d), "feature_logvar": view.features.new_zeros(b, d)}
+            bg = {**no_row, "features": view.background, **bg} if bg is not None else no_row
+            rows = {"mu": (view.positions, bg["position"]), "logvar": (view.position_logvar, bg["position_logvar"]),
+                    "mu_features": (view.features, bg["features"]),
+                    "logvar_features": (view.feature_logvar, bg["feature_logvar"])}
+            for name, (fg, background) in rows.items():
+                if fg is not None:
+                    acc.setdefault(name, []).append(torch.cat([fg, background[:, None]], 1).detach().float().cpu())
+            for name, value in (("obj_on", view.presence), ("confidence", view.confidence)):
                 if value is not None:
                     acc.setdefault(name, []).append(value.detach().float().cpu())
             for key in keys:
@@ -108,38 +118,35 @@ def encode_dataset(
             m = max(v.shape[1] for v in values)
             values = [torch.cat([v, v.new_full((v.shape[0], m - v.shape[1], 2), float("nan"))], 1) for v in values]
         out[name] = torch.cat(values)
+    out["has_background"] = torch.tensor(float(has_background))
     return out
 
 
-def _build_dataset(name: str, data_root: str | None, image_size: int, split: str) -> Any:
-    from dlp.data.registry import build_dataset
+def build_split(dataset: str, split: str, *, data_root: str | None, image_size: int, seed: int = 0,
+                num_images: int | None = None) -> Any:
+    """A split of a registered dataset; `num_images` caps real data and sizes generated data (default 1000)."""
+    from dlp.data.registry import build_dataset, dataset_info
 
-    return build_dataset(name, data_root=data_root, image_size=image_size, split=split)
-
-
-def _shapes_dataset(num_images: int, image_size: int, seed: int) -> Any:
-    from dlp.data.shapes import ShapesDataset
-
-    return ShapesDataset(num_images, image_size, seed=seed)
-
-
-def _has_landmarks(name: str, data_root: str | None, image_size: int) -> bool:
-    if name in LANDMARK_DATASETS:
-        return True
-    if name in SHAPES_DATASETS:
-        return False
-    try:
-        ds = _build_dataset(name, data_root, image_size, "test")
-        return len(ds) > 0 and isinstance(ds[0], Mapping) and "landmarks" in ds[0]
-    except Exception:  # a dataset without a test split or without labels: not a landmark dataset
-        return False
+    if dataset_info(dataset).generated:
+        num_images = num_images or DEFAULT_GENERATED_IMAGES
+    return build_dataset(dataset, data_root=data_root, image_size=image_size, split=split, seed=seed,
+                         num_images=num_images)
 
 
-def default_metrics(dataset: str, *, data_root: str | None = None, image_size: int = 128) -> list[str]:
-    """The metrics `dlp eval` computes when none are requested."""
-    if dataset in SHAPES_DATASETS:
+PARTICLE_METRICS = ("regression", "discovery")  # they read particles: the model needs `particle_view`
+
+
+def default_metrics(dataset: str, model: torch.nn.Module | None = None) -> list[str]:
+    """The metrics `dlp eval` computes when none are requested, from what the dataset has (and, given a model,
+    what the model has: models without particles get the validation objective only)."""
+    from dlp.data.registry import dataset_info
+
+    info = dataset_info(dataset)
+    if model is not None and not hasattr(model, "particle_view"):
+        return ["elbo"]
+    if info.objects:
         return ["discovery", "elbo"]
-    if _has_landmarks(dataset, data_root, image_size):
+    if info.landmarks:
         return ["regression"]
     return ["elbo"]
 
@@ -171,8 +178,11 @@ def run_regression(
     test_loader = _loader(test_set, batch_size, num_images)
     tr = encode_dataset(model, train_loader, device=device, keys=("landmarks",))
     te = encode_dataset(model, test_loader, device=device, keys=("landmarks",))
+    # The official protocol keeps the background particle; families without one have only the fair protocol.
+    protocols = ("official", "fair") if bool(tr["has_background"]) else ("fair",)
     results, preds = keypoint_regression(
-        tr, te, tr["landmarks"], te["landmarks"], topk=topk, eye_idx=eye_idx, return_predictions=True
+        tr, te, tr["landmarks"], te["landmarks"], topk=topk, eye_idx=eye_idx, protocols=protocols,
+        return_predictions=True,
     )
     if untrained_baseline:
         with torch.random.fork_rng(devices=[]):
@@ -205,69 +215,35 @@ def run_discovery(
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     radii: Sequence[float] = (4.0, 6.0),
-    obj_on_threshold: float = 0.5,
+    presence_threshold: float = 0.5,
     topk: int = 10,
 ) -> dict[str, float]:
-    """Object discovery against the dataset's "centers" (pixels, (y, x)); see `dlp.evaluation.discovery`."""
+    """Object discovery against the dataset's "centers" (pixels, (y, x)); see `dlp.evaluation.discovery`.
+
+    Confident particles: presence > `presence_threshold` for models with a presence, else the `topk` most confident.
+    """
     from dlp.evaluation.discovery import confident_particles, discovery_metrics
     from dlp.viz import kp_to_pixels
 
     enc = encode_dataset(model, _loader(dataset, batch_size), device=device, keys=("centers",))
     positions = kp_to_pixels(enc["mu"][:, :-1], model.config.image_size)
-    confident = confident_particles(
-        enc["logvar"][:, :-1], enc.get("obj_on"), obj_on_threshold=obj_on_threshold, topk=topk
-    )
+    confident = confident_particles(enc["confidence"], enc.get("obj_on"), presence_threshold=presence_threshold,
+                                    topk=topk)
     return discovery_metrics(positions, confident, enc["centers"], radii=radii)
 
 
-def _reconstruction_loss(name: str, device: str | torch.device) -> tuple[Any, str]:
-    """The run's reconstruction loss as `(x, rec) -> [B]` (None = summed squared error) and the name used.
-
-    A 'vgg' run without reachable ImageNet VGG16 weights falls back to MSE with a warning (the name says so).
-    """
-    if name != "vgg":
-        return None, "mse"
-    from dlp.perceptual import VGGPerceptual, VGGWeightsError
-
-    try:
-        vgg = VGGPerceptual().to(device)
-    except VGGWeightsError as exc:
-        warnings.warn(f"validation ELBO uses MSE instead of the run's VGG loss: {exc}", stacklevel=3)
-        return None, "mse (vgg weights unavailable)"
-    return (lambda x, rec: vgg(x, rec, reduction="none")), "vgg"
-
-
-def run_elbo(
-    model: torch.nn.Module,
-    dataset: Any,
-    *,
-    train_config: Mapping[str, Any] | None = None,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    rec_loss: str | None = None,
-) -> tuple[dict[str, float], str]:
-    """Both validation objectives (official, stochastic; ours, deterministic) with the run's beta weights.
-
-    `rec_loss` ('mse' | 'vgg', default: the run's `rec_loss_function`). Returns (metrics, name of the rec loss used).
-    """
+def run_elbo(model: torch.nn.Module, dataset: Any, objective: Any, *, batch_size: int = 64,
+             device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
+    """Both validation objectives of the family (official; ours, deterministic) with the run's weights."""
     from dlp.evaluation.elbo import validation_elbo
 
-    cfg = dict(train_config or {})
-    weights = dict(
-        beta_rec=float(cfg.get("beta_rec", 1.0)),
-        beta_kl=float(cfg.get("beta_kl", 1.0)),
-        kl_balance=float(cfg.get("kl_balance", 1e-3)),
-    )
-    loss_fn, loss_name = _reconstruction_loss(rec_loss or str(cfg.get("rec_loss_function", "mse")), device)
     loader = _loader(dataset, batch_size)
-    common = dict(weights, rec_loss=loss_fn, device=device)
-    official = validation_elbo(model, loader, **common, official=True, image_metrics=False, seed=seed)
-    ours = validation_elbo(model, loader, **common, official=False, image_metrics=True)
+    official = validation_elbo(model, loader, objective, official=True, image_metrics=False, device=device, seed=seed)
+    ours = validation_elbo(model, loader, objective, official=False, image_metrics=True, device=device)
     results = {f"official/{k}": v for k, v in official.items() if k not in ("num_images", "num_batches")}
     results.update({f"deterministic/{k}": v for k, v in ours.items() if k not in ("num_images", "num_batches")})
     results["num_images"] = ours["num_images"]
-    return results, loss_name
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -310,13 +286,37 @@ def save_landmark_figure(
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Entry points
+def run_train_config(model: torch.nn.Module, train_config: Any = None, *, dataset: str | None = None):
+    """The family's training config of a run from a config, a dict of its settings (e.g. a checkpoint's) or None
+    (the family's defaults), on `dataset` if given."""
+    from dlp.registry import family_of
+
+    if train_config is not None and not isinstance(train_config, Mapping):
+        return train_config if dataset is None else train_config.replace(dataset=dataset)
+    values = dict(train_config or {})
+    if dataset is not None:
+        values["dataset"] = dataset
+    return family_of(model).train_config_class.from_dict(values)
+
+
+def evaluation_objective(model: torch.nn.Module, train_config: Any = None, *, dataset: str | None = None,
+                         device: str | torch.device = "cpu"):
+    """The model family's objective for evaluation, with the run's weights (see `run_train_config`); a perceptual
+    loss falls back to MSE (with a warning) when its weights are missing."""
+    from dlp.registry import family_of
+
+    config = run_train_config(model, train_config, dataset=dataset)
+    return family_of(model).objective_class(model.config, config, device=device, fallback_rec_loss=True)
+
+
 def evaluate_model(
     model: torch.nn.Module,
     *,
     dataset: str,
     data_root: str | None = None,
     metrics: Sequence[str] | None = None,
-    train_config: Mapping[str, Any] | None = None,
+    train_config: Any = None,
+    objective: Any = None,
     topk: int = 10,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
@@ -324,26 +324,40 @@ def evaluate_model(
     untrained_baseline: bool = True,
     figure_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an in-memory model; see `evaluate_checkpoint` (which loads the model and calls this)."""
+    """Evaluate an in-memory model; see `evaluate_checkpoint` (which loads the model and calls this).
+
+    `objective` (or else `train_config`, a config or dict of the run's settings) supplies the ELBO's weights.
+    """
+    from dlp.data.registry import dataset_info
+
+    info = dataset_info(dataset)
     image_size = int(model.config.image_size)
     if metrics is None:
-        metrics = default_metrics(dataset, data_root=data_root, image_size=image_size)
+        metrics = default_metrics(dataset, model)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise EvaluationError(f"unknown metrics {unknown}; choose from {list(METRICS)}.")
-    if "discovery" in metrics and dataset not in SHAPES_DATASETS:
-        raise EvaluationError(
-            f"object discovery needs ground-truth object centres, which only {sorted(SHAPES_DATASETS)} provide, "
-            f"not {dataset!r}; drop 'discovery' from the metrics."
-        )
-    seed = int((train_config or {}).get("seed", 0)) + SHAPES_EVAL_SEED_OFFSET
-    shapes_images = num_images or DEFAULT_SHAPES_IMAGES
+    needs_particles = [m for m in metrics if m in PARTICLE_METRICS]
+    if needs_particles and not hasattr(model, "particle_view"):
+        raise EvaluationError(f"{needs_particles} read particles, which a {type(model).__name__} does not expose "
+                              "(no `particle_view`); evaluate the 'elbo' only.")
+    if "discovery" in metrics and not info.objects:
+        raise EvaluationError(f"object discovery needs ground-truth objects, which dataset {dataset!r} does not have; "
+                              "drop 'discovery' from the metrics.")
+    if "regression" in metrics and not info.landmarks:
+        raise EvaluationError(f"keypoint regression needs landmarks, which dataset {dataset!r} does not have; "
+                              "drop 'regression' from the metrics.")
+    if objective is None and "elbo" in metrics:
+        objective = evaluation_objective(model, train_config, dataset=dataset, device=device)
+    # Generated held-out data is drawn from the run's seed (offset, so that it never repeats training data).
+    seed = (objective.train_config if objective is not None else run_train_config(model, train_config)).seed
+    heldout = dict(data_root=data_root, image_size=image_size, seed=seed, num_images=num_images)
 
     results: dict[str, Any] = {"dataset": dataset, "metrics": {}, "figures": {}}
     flat: dict[str, float] = results["metrics"]
     if "regression" in metrics:
         train_set = _build_dataset(dataset, data_root, image_size, "train")
-        test_set = _build_dataset(dataset, data_root, image_size, "test")
+        test_set = _build_dataset(dataset, data_root, image_size, info.heldout_split)
         reg, figs = run_regression(
             model, train_set, test_set, topk=topk, batch_size=batch_size, device=device, num_images=num_images,
             untrained_baseline=untrained_baseline, figure_path=figure_path,
@@ -351,25 +365,26 @@ def evaluate_model(
         flat.update({f"regression/{k}": v for k, v in reg.items()})
         results["figures"].update(figs)
     eval_set = None
-    if "discovery" in metrics or ("elbo" in metrics and dataset in SHAPES_DATASETS):
-        eval_set = _shapes_dataset(shapes_images, image_size, seed) if dataset in SHAPES_DATASETS else None
+    if "discovery" in metrics or "elbo" in metrics:
+        eval_set = build_split(dataset, info.heldout_split, **heldout)
     if "discovery" in metrics:
         disc = run_discovery(model, eval_set, batch_size=batch_size, device=device, topk=topk)
         flat.update({f"discovery/{k}": v for k, v in disc.items()})
     if "elbo" in metrics:
-        if eval_set is None:
-            eval_set = _build_dataset(dataset, data_root, image_size, "test")
-            if num_images is not None and num_images < len(eval_set):
-                eval_set = torch.utils.data.Subset(eval_set, range(num_images))
-        elbo, loss_name = run_elbo(model, eval_set, train_config=train_config, batch_size=batch_size, device=device)
+        elbo = run_elbo(model, eval_set, objective, batch_size=batch_size, device=device)
         flat.update({f"elbo/{k}": v for k, v in elbo.items()})
-        results["elbo_rec_loss"] = loss_name
+        results["elbo_rec_loss"] = getattr(objective, "rec_loss_name", "mse")
     return results
+
+
+def _build_dataset(name: str, data_root: str | None, image_size: int, split: str) -> Any:
+    return build_split(name, split, data_root=data_root, image_size=image_size)
 
 
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
     *,
+    dataset: str | None = None,
     data_root: str | None = None,
     metrics: Sequence[str] | None = None,
     out: str | Path | None = None,
@@ -379,32 +394,45 @@ def evaluate_checkpoint(
     num_images: int | None = None,
     untrained_baseline: bool = True,
 ) -> dict[str, Any]:
-    """Load a checkpoint and evaluate it with the metrics that fit its training dataset.
+    """Load a checkpoint and evaluate it with the metrics that fit its dataset.
 
     Args:
-        checkpoint_path: a checkpoint written by `dlp train` (or `dlp convert-official`).
-        data_root: dataset location; default: the `data_root` recorded in the checkpoint's training config.
+        checkpoint_path: a checkpoint written by `dlp train` or `dlp convert-official`, or a run directory (its
+            best.pt, else last.pt).
+        dataset: the dataset to evaluate on (default: the one the checkpoint records; required for checkpoints that
+            record none, e.g. converted official weights without a preset).
+        data_root: dataset location (default: the one recorded with the checkpoint's dataset).
         metrics: subset of ('regression', 'discovery', 'elbo'); default: by dataset (see the module docstring).
         out: write the results as JSON there; the landmark figure goes next to it (`<stem>_landmarks.png`).
         topk: size of the confident-particle selection (regression top-k, discovery for masked models).
         device: torch device for the model.
         batch_size: evaluation batch size.
-        num_images: cap on the images per split (landmarks, ELBO); number of generated images for shapes (1000).
+        num_images: cap on the images per split (landmarks, ELBO); number of generated images (default 1000).
         untrained_baseline: also regress from a freshly initialised model of the same architecture.
 
     Returns:
         {"checkpoint", "dataset", "metrics": {flat name -> float}, "figures": {name -> path}}; regression errors are
         fractions of the inter-ocular distance (`format_table` shows them in %).
     """
-    from dlp.checkpoint import model_from_checkpoint, read_checkpoint
+    from dlp.checkpoint import model_from_checkpoint, read_checkpoint, resolve_checkpoint_path
 
-    payload = read_checkpoint(checkpoint_path, map_location=device)
+    path = resolve_checkpoint_path(checkpoint_path)
+    payload = read_checkpoint(path, map_location=device)
     train_config = dict(payload.get("train_config") or {})
-    model = model_from_checkpoint(payload, device, source=checkpoint_path)
-    dataset = train_config.get("dataset")
+    if not train_config and payload.get("preset"):
+        from dlp.registry import get_preset
+
+        train_config = dict(get_preset(payload["preset"]).train)
+    model = model_from_checkpoint(payload, device, source=path)
+    recorded = train_config.get("dataset")
+    dataset = dataset or recorded
     if not dataset:
-        raise EvaluationError(f"{checkpoint_path} records no training dataset; it cannot be evaluated automatically.")
-    data_root = data_root if data_root is not None else train_config.get("data_root")
+        raise EvaluationError(f"{path} records no training dataset; pass the one to evaluate on with -d/--dataset "
+                              "(and --data-root).")
+    if data_root is None and dataset == recorded:
+        data_root = train_config.get("data_root")
+    train_config["dataset"] = dataset
+    train_config["data_root"] = data_root
     figure_path = None
     if out is not None:
         out = Path(out)
@@ -414,7 +442,7 @@ def evaluate_checkpoint(
         device=device, batch_size=batch_size, num_images=num_images, untrained_baseline=untrained_baseline,
         figure_path=figure_path,
     )
-    results = {"checkpoint": str(checkpoint_path), **results}
+    results = {"checkpoint": str(path), **results}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -445,47 +473,3 @@ def format_table(results: Mapping[str, Any]) -> str:
     for name, path in (results.get("figures") or {}).items():
         lines.append(f"figure ({name}): {path}")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# CLI
-def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `eval` sub-command to a `dlp` argparse sub-parser group; sets `func`."""
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a checkpoint (keypoint regression, object discovery, validation ELBO)",
-        description=__doc__.split("\n\n>>>")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("checkpoint", help="checkpoint file written by `dlp train` or `dlp convert-official`")
-    parser.add_argument("--data-root", default=None,
-                        help="dataset location (default: the one recorded in the checkpoint)")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None,
-                        help="metrics to compute (default: chosen by the dataset)")
-    parser.add_argument("--out", default=None,
-                        help="write the results as JSON to this file (and the figure next to it)")
-    parser.add_argument("--topk", type=int, default=10, help="number of confident particles for the top-k metrics")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
-    parser.add_argument("--num-images", type=int, default=None,
-                        help="cap on the images per split (shapes: number of generated images, default 1000)")
-    parser.add_argument("--no-untrained-baseline", dest="untrained_baseline", action="store_false",
-                        help="skip the regression baseline from a freshly initialised model")
-    parser.set_defaults(func=_main)
-    return parser
-
-
-def _main(args: argparse.Namespace) -> int:
-    if torch.device(args.device).type == "cpu":
-        from dlp.engine.allocator import retain_freed_memory
-
-        retain_freed_memory()
-    results = evaluate_checkpoint(
-        args.checkpoint, data_root=args.data_root, metrics=args.metrics, out=args.out, topk=args.topk,
-        device=args.device, batch_size=args.batch_size, num_images=args.num_images,
-        untrained_baseline=args.untrained_baseline,
-    )
-    print(format_table(results))
-    if args.out:
-        print(f"results written to {args.out}")
-    return 0

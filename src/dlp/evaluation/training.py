@@ -1,8 +1,10 @@
 """The evaluation a training run performs every `eval_freq` epochs; its `score` (lower is better) picks best.pt.
 
-* shapes (ground-truth centres): object discovery on held-out generated images; score = 1 - F1 at 4 px.
-* face datasets with landmarks: keypoint regression (fair protocol, particle means); score = that error.
-* everything else: the deterministic validation loss (same formula as training); score = that loss.
+What is measured follows the dataset's registry entry, for every model family:
+
+* ground-truth objects (shapes): object discovery on held-out generated images; score = 1 - F1 at 4 px.
+* landmarks (faces): keypoint regression (fair protocol, particle means); score = that error.
+* everything else: the family's deterministic validation objective; score = that objective.
 """
 
 from __future__ import annotations
@@ -11,20 +13,20 @@ from typing import Any
 
 import torch
 
-from dlp.config import TrainConfig
-from dlp.evaluation.runner import SHAPES_DATASETS, default_metrics, evaluate_model
+from dlp.evaluation.runner import default_metrics, evaluate_model
 
 TRAINING_EVAL_IMAGES = 512  # enough for stable numbers, small enough to cost seconds on a CPU
 
 
-def evaluate_during_training(model: torch.nn.Module, train_config: TrainConfig, *, device: str | torch.device = "cpu",
-                             rec_loss: Any = None) -> dict[str, float]:
-    dataset = train_config.dataset
-    metrics = default_metrics(dataset, data_root=train_config.data_root, image_size=model.config.image_size)
-    if dataset in SHAPES_DATASETS:
+def evaluate_during_training(model: torch.nn.Module, objective: Any, *, device: str | torch.device = "cpu"
+                             ) -> dict[str, float]:
+    """Held-out metrics of `model` for the run described by `objective.train_config`, flat, plus "score"."""
+    tcfg = objective.train_config
+    metrics = default_metrics(tcfg.dataset, model)
+    if "discovery" in metrics:
         metrics = ["discovery"]
-    results = evaluate_model(model, dataset=dataset, data_root=train_config.data_root, metrics=metrics,
-                             train_config=train_config.to_dict(), topk=train_config.topk, device=device,
+    results = evaluate_model(model, dataset=tcfg.dataset, data_root=tcfg.data_root, metrics=metrics,
+                             objective=objective, topk=getattr(tcfg, "topk", 10), device=device,
                              num_images=TRAINING_EVAL_IMAGES, untrained_baseline=False)
     flat = {f"eval/{k}": float(v) for k, v in results["metrics"].items() if isinstance(v, (int, float))}
     if "discovery" in metrics:
@@ -32,5 +34,5 @@ def evaluate_during_training(model: torch.nn.Module, train_config: TrainConfig, 
     elif "regression" in metrics:
         score = flat["eval/regression/fair/mu"]
     else:
-        score = flat["eval/elbo/elbo"]
+        score = flat["eval/elbo/deterministic/elbo"]
     return {**flat, "score": score}

@@ -1,63 +1,18 @@
-"""Named presets with the paper's recommended hyper-parameters (timm-style registry).
-
->>> from dlp import create_model, list_presets
->>> list_presets()
-['celeba', 'celeba64', 'clevrer', 'shapes', 'shapes-quick', 'traffic']
->>> model = create_model("shapes", n_kp_enc=8)   # any DLPConfig field can be overridden
-"""
+"""The DLP v1 presets: the paper's recommended hyper-parameters per dataset, and small CPU-sized ones."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-from dlp.config import ConfigError, DLPConfig, TrainConfig
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    model: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-
-    def model_config(self, **overrides: Any) -> DLPConfig:
-        return DLPConfig.from_dict({**self.model, **overrides})
-
-    def train_config(self, **overrides: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.train, **overrides})
-
+from dlp.registry import Preset, register_preset
 
 _PRESETS: dict[str, Preset] = {}
 
 
-def register_preset(fn: Callable[[], Preset]) -> Callable[[], Preset]:
-    preset = fn()
+def _register(fn: Callable[[], Preset]) -> Callable[[], Preset]:
+    preset = register_preset(fn())
     _PRESETS[preset.name] = preset
     return fn
-
-
-def list_presets() -> list[str]:
-    return sorted(_PRESETS)
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; available presets: {', '.join(list_presets())}.") from None
-
-
-def create_model(name: str, **overrides: Any):
-    """Build a `DLP` model from a named preset, overriding any `DLPConfig` field.
-
-    >>> model = create_model("celeba", n_kp_enc=50)
-    >>> model.config.n_kp_enc
-    50
-    """
-    from dlp.model import DLP
-
-    return DLP(get_preset(name).model_config(**overrides))
 
 
 _OBJECT_128 = dict(
@@ -73,13 +28,14 @@ _OBJECT_128 = dict(
 )
 
 
-@register_preset
+@_register
 def _celeba() -> Preset:
     """CelebA masked model (paper Table 1; the released `dlp_celeba_gauss_pointnetpp_feat.pth`).
 
     Trained on (strong TPS warp -> prior, light warp -> posterior) pairs with the VGG perceptual loss.
     """
     return Preset(
+        family="dlp",
         name="celeba",
         description="CelebA 128x128, masked model, 30 particles, VGG loss, TPS pairs",
         model=dict(
@@ -102,7 +58,7 @@ def _celeba() -> Preset:
     )
 
 
-@register_preset
+@_register
 def _traffic() -> Preset:
     """Traffic object model.
 
@@ -111,6 +67,7 @@ def _traffic() -> Preset:
     `dlp convert-official --preset traffic` loads it.
     """
     return Preset(
+        family="dlp",
         name="traffic",
         description="Traffic 128x128, object model, 15 particles, VGG loss",
         model=dict(_OBJECT_128, n_kp_enc=15, learned_feature_dim=20),
@@ -121,10 +78,11 @@ def _traffic() -> Preset:
     )
 
 
-@register_preset
+@_register
 def _clevrer() -> Preset:
     """CLEVRER object model (the released `dlp_clevrer_gauss_pointnetpp.pth`)."""
     return Preset(
+        family="dlp",
         name="clevrer",
         description="CLEVRER 128x128, object model, 10 particles, VGG loss",
         model=dict(_OBJECT_128, n_kp_enc=10, learned_feature_dim=5),
@@ -135,7 +93,7 @@ def _clevrer() -> Preset:
     )
 
 
-@register_preset
+@_register
 def _shapes() -> Preset:
     """Random coloured shapes, object model, as `train_dlp.py` trains it (64x64, exclusive patches).
 
@@ -143,6 +101,7 @@ def _shapes() -> Preset:
     particles, beta_kl 0.01, warm-up 2); we follow `train_dlp.py`, which the tutorial's stored run also matches.
     """
     return Preset(
+        family="dlp",
         name="shapes",
         description="Random shapes 64x64, object model, 10 particles, MSE loss",
         model=dict(
@@ -166,13 +125,13 @@ def _shapes() -> Preset:
     )
 
 
-@register_preset
+@_register
 def _shapes_quick() -> Preset:
     """The quick-start run of `make train`: random shapes on a CPU in under 10 minutes (1860 steps).
 
     Five departures from `shapes`, each measured on 2 CPU cores (README, "Results"):
 
-    * `prior_anchored_positions`: each particle starts on one of the prior's top proposals and moves by an offset
+    * `position_encoder="prior_anchored"`: each particle starts on one of the prior's top proposals and moves by an offset
       (at most half a glimpse) that a small CNN reads from the glimpse there, with its `obj_on`; the official MLP
       reads all heat-maps at once and must find each object from scratch. The trained prior's 15 proposals already
       lie within 6 px of 99.7 % of the objects; with anchors recall@4 px passed 80 % within 620 steps for every seed
@@ -191,18 +150,20 @@ def _shapes_quick() -> Preset:
       its object around itself and sits on its centre (without it, the MLP-positioned model drew opaque squares
       with the object anywhere inside and recall@4 px swung between 46 % and 2 %).
     """
-    shapes = get_preset("shapes")
+    shapes = _PRESETS["shapes"]
     return Preset(
+        family="dlp",
         name="shapes-quick",
         description="Random shapes 64x64, slim object model anchored on prior proposals; under 10 min on a CPU",
         model=dict(shapes.model, enc_channels=(16, 32, 64), prior_channels=(8, 16, 32), glimpse_channels=(8, 8, 16),
-                   prior_anchored_positions=True),
+                   position_encoder="prior_anchored"),
         train=dict(shapes.train, batch_size=16, num_epochs=30, eval_freq=2, num_train_images=1000,
-                   lr_milestones=(8, 16, 24), beta_obj_on=2.0, obj_on_ramp_epochs=6, beta_spread=0.05),
+                   lr_milestones=(8, 16, 24),
+                   extensions=dict(beta_obj_on=2.0, obj_on_ramp_epochs=6, beta_spread=0.05)),
     )
 
 
-@register_preset
+@_register
 def _celeba64() -> Preset:
     """The CelebA masked model at 64x64 for CPU-sized experiments (celeba-mini or any landmark folder).
 
@@ -210,8 +171,9 @@ def _celeba64() -> Preset:
     training recipe is the official one (MSE instead of VGG, no TPS, batch 32): for 560 steps on celeba-mini a
     learning rate of 1e-3, beta_kl 10 and TPS pairs all gave the same or worse landmark errors (README, "Results").
     """
-    celeba = get_preset("celeba")
+    celeba = _PRESETS["celeba"]
     return Preset(
+        family="dlp",
         name="celeba64",
         description="Faces 64x64, masked model, 30 particles, MSE loss (CPU-sized)",
         model=dict(celeba.model, image_size=64, enc_channels=(32, 64, 128)),

@@ -2,22 +2,38 @@
 ICML 2022): a VAE whose latent is a set of particles -- a 2-D position with uncertainty and a visual feature vector
 each -- with a patch spatial-softmax prior and a Chamfer-KL objective.
 
-Two variants share this module (`DLPConfig.use_object_dec`):
+Two variants share this module (`DLPConfig.is_object_model`):
 * the *masked* model decodes the whole image with a CNN from Gaussian maps, PointNet++ maps and masked heat-maps;
 * the *object* model decodes an RGBA glimpse per particle and alpha-composites them over a decoded background.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
 
-from dlp.config import DLPConfig
-from dlp.model.glimpse import composite, paste_glimpses, square_masks
-from dlp.model.layers import MLP, KeypointCNN, gaussian_maps, init_official
-from dlp.model.modules import AnchorOffsetEncoder, CNNDecoder, GlimpseDecoder, GlimpseEncoder, PatchPrior, PointNetPP
+from dlp.models.base import ParticleView
+from dlp.models.dlp_v1.config import DLPConfig
+from dlp.models.dlp_v1.extensions import PriorAnchoredPositionEncoder
+from dlp.models.dlp_v1.glimpse import composite, paste_glimpses, square_masks
+from dlp.models.dlp_v1.layers import MLP, KeypointCNN, gaussian_maps, init_official
+from dlp.models.dlp_v1.modules import (
+    CNNDecoder,
+    GlimpseDecoder,
+    GlimpseEncoder,
+    HeatmapPositionEncoder,
+    PatchPrior,
+    PointNetPP,
+)
+
+# Parameter names of checkpoints written before the position encoder became one module (prefix -> new prefix).
+_LEGACY_PREFIXES = {"to_normal_stats.": "position_encoder.to_normal_stats.",
+                    "obj_on_head.": "position_encoder.obj_on_head.",
+                    "anchor_offsets.": "position_encoder."}
+# An "off" particle of a masked model is parked this many sigmas beyond the image border (see `apply_view`).
+PARK_SIGMAS = 5.0
 
 
 @dataclass
@@ -107,17 +123,16 @@ class DLP(nn.Module):
         heatmap_size = k * fmap**2
 
         self.encoder = KeypointCNN(cfg.in_channels, cfg.enc_channels, k, first_kernel_size=7, pad_mode=cfg.pad_mode)
-        if cfg.prior_anchored_positions:
-            self.anchor_offsets = AnchorOffsetEncoder(cfg.in_channels, cfg.image_size, cfg.glimpse_size, cfg.anchor_s,
-                                                      cfg.glimpse_channels)
-            self.to_normal_stats = self.obj_on_head = None
+        # The one place where the position encoder is chosen (the official MLP or our prior-anchored extension).
+        if cfg.position_encoder == "prior_anchored":
+            self.position_encoder = PriorAnchoredPositionEncoder(cfg.in_channels, cfg.image_size, cfg.glimpse_size,
+                                                                 cfg.anchor_s, cfg.glimpse_channels,
+                                                                 exclusive=cfg.exclusive_patches)
         else:
-            self.anchor_offsets = None
-            self.to_normal_stats = MLP(heatmap_size, 4 * k)
-            self.obj_on_head = MLP(heatmap_size, k) if cfg.use_object_dec else None
+            self.position_encoder = HeatmapPositionEncoder(heatmap_size, k, cfg.is_object_model)
         # With a glimpse encoder this MLP encodes only the background particle; without one, every particle.
         self.bg_encoder = MLP(heatmap_size, 2 * d)
-        if cfg.use_object_dec:
+        if cfg.is_object_model:
             self.glimpse_encoder = GlimpseEncoder(d, cfg.image_size, cfg.glimpse_size, cfg.in_channels, use_cnn=True,
                                                   cnn_channels=cfg.glimpse_channels)
         elif cfg.use_object_enc:
@@ -131,25 +146,19 @@ class DLP(nn.Module):
         self.decoder = CNNDecoder((3 if masked_decoder else 2) * k, cfg.enc_channels, k + 1, cfg.in_channels,
                                   cfg.pad_mode)
         # Decoded glimpses: an alpha channel, then the image channels.
-        self.glimpse_decoder = GlimpseDecoder(d, cfg.glimpse_size, 1 + cfg.in_channels) if cfg.use_object_dec else None
+        self.glimpse_decoder = GlimpseDecoder(d, cfg.glimpse_size, 1 + cfg.in_channels) if cfg.is_object_model else None
         init_official(self)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding
-    def _encode_positions(self, x: torch.Tensor, kp_prior: torch.Tensor | None = None):
+    def _encode_positions(self, x: torch.Tensor, anchors: torch.Tensor | None = None):
         cfg = self.config
         heatmap = self.encoder(x)  # [B, K, F, F]
-        b, k = heatmap.shape[:2]
-        if cfg.prior_anchored_positions:
-            if kp_prior is None:
-                kp_prior, _ = self.prior(x)
-            mu, logvar, obj_on_logit = self.anchor_offsets(x, kp_prior[:, :k].detach(), exclusive=cfg.exclusive_patches)
-            obj_on = torch.sigmoid(obj_on_logit)
-        else:
-            flat = heatmap.flatten(1)
-            mu, logvar = self.to_normal_stats(flat).view(b, k, 4).chunk(2, dim=-1)
-            obj_on = torch.sigmoid(self.obj_on_head(flat.detach())) if self.obj_on_head is not None else None
-            mu = torch.tanh(mu)
+        b = heatmap.shape[0]
+        if self.position_encoder.needs_prior and anchors is None:
+            anchors, _ = self.prior(x)
+        mu, logvar, obj_on = self.position_encoder(x, heatmap, anchors)  # [B, K, 2] x 2, [B, K] or None
         bg_logvar = torch.full((b, 1, 2), cfg.logvar_prior, device=x.device, dtype=mu.dtype)
         mu = torch.cat([mu, torch.zeros_like(bg_logvar)], dim=1)
         logvar = torch.cat([logvar, bg_logvar], dim=1)
@@ -159,9 +168,7 @@ class DLP(nn.Module):
         """Visual features of the K foreground particles and the background particle: ([B, K+1, D] x 2, glimpses)."""
         cfg = self.config
         k, fmap = cfg.n_kp_enc, cfg.feature_map_size
-        # The official features read detached heat-maps so that they never train the position encoder; with
-        # prior-anchored positions the heat-maps locate nothing, and the background feature is what trains them.
-        hm = heatmap if cfg.prior_anchored_positions else heatmap.detach()
+        hm = self.position_encoder.feature_heatmap(heatmap)
         kp = mu[:, :k].detach()
         if self.glimpse_encoder is None:
             fg = (gaussian_maps(z[:, :k], fmap, cfg.sigma) > cfg.mask_threshold).to(hm.dtype)
@@ -169,7 +176,7 @@ class DLP(nn.Module):
             stats = self.bg_encoder((masks[:, :, None] * hm[:, None]).flatten(2))
             mu_f, logvar_f = stats.chunk(2, dim=-1)
             return mu_f, logvar_f, None
-        if cfg.use_object_dec:
+        if cfg.is_object_model:
             mu_f, logvar_f, glimpses = self.glimpse_encoder(x, kp, exclusive=cfg.exclusive_patches, obj_on=obj_on)
             squares = square_masks(kp, fmap, cfg.feature_glimpse_size)[:, :, 0]  # [B, K, F, F]
             bg_mask = 1 - squares.sum(1, keepdim=True).clamp(0, 1)
@@ -221,20 +228,63 @@ class DLP(nn.Module):
         rec, dec_objects = composite(alpha, rgb, obj_on, background)
         return rec, dec_glimpses, dec_objects
 
-    def decode(self, z: torch.Tensor, z_features: torch.Tensor, *, heatmap: torch.Tensor | None = None,
-               obj_on: torch.Tensor | None = None) -> Decoded:
-        """Decode (possibly edited) particles: z [B, K+1, 2], z_features [B, K+1, D] (background row last).
+    def decode(self, particles: Particles) -> Decoded:
+        """Decode (possibly edited) particles, e.g. `model.decode(model.encode(x))`.
 
-        `heatmap` (from `encode`) is required by the masked model, whose decoder reads the encoder heat-maps where no
-        particle sits; `obj_on` [B, K] switches objects on/off in object models (default: all on).
+        Reads `mu` [B, K+1, 2] and `mu_features` [B, K+1, D] (background row last), `heatmap` (the masked model's
+        decoder reads the encoder heat-maps where no particle sits) and `obj_on` [B, K] (object models; None = all on).
         """
-        background, gmap = self._decode_background(z, z_features, heatmap, detach_fg_features=False)
-        if self.glimpse_decoder is None:
+        z, z_features, obj_on = particles.mu, particles.mu_features, particles.obj_on
+        background, gmap = self._decode_background(z, z_features, particles.heatmap, detach_fg_features=False)
+        if not self.config.is_object_model:
             return Decoded(background, gmap=gmap)
         if obj_on is None:
             obj_on = torch.ones(z.shape[0], self.config.n_kp_enc, device=z.device, dtype=z.dtype)
         rec, dec_glimpses, dec_objects = self._decode_objects(z, z_features, obj_on, background, noisy=False)
         return Decoded(rec, dec_glimpses, dec_objects, gmap)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The common particle vocabulary (evaluation and the demo)
+    def particle_view(self, particles: Particles) -> ParticleView:
+        """The foreground particles of `encode`'s output in the library's common vocabulary (`ParticleView`)."""
+        k = self.config.n_kp_enc
+        logvar = particles.logvar[:, :k]
+        confidence = particles.obj_on if particles.obj_on is not None else -logvar.sum(-1)
+        return ParticleView(
+            positions=particles.mu[:, :k], features=particles.mu_features[:, :k], confidence=confidence,
+            background=particles.mu_features[:, k], position_logvar=logvar,
+            feature_logvar=particles.logvar_features[:, :k], presence=particles.obj_on,
+            background_particle={"position": particles.mu[:, k], "position_logvar": particles.logvar[:, k],
+                                 "feature_logvar": particles.logvar_features[:, k]},
+        )
+
+    def apply_view(self, particles: Particles, view: ParticleView, switched_off: torch.Tensor | None = None
+                   ) -> Particles:
+        """`particles` with the positions, features, background and presence of an edited `view`.
+
+        switched_off [B, K] bool: particles to hide. Object models hide them through `obj_on` = 0. The masked model
+        has no presence variable: an off particle is parked just outside the image, 1 + 5 sigma from the centre on
+        the side of its nearest edge, so that its Gaussian disc covers no pixel (< 1e-5 everywhere) and the decoder
+        shows the encoder heat-map there, as it does for the background; it keeps its place in the set (the decoder
+        needs all K) and its features.
+        """
+        positions, presence = view.positions, view.presence
+        if switched_off is not None and bool(switched_off.any()):
+            if presence is not None:
+                presence = presence.masked_fill(switched_off, 0.0)
+            else:
+                positions = torch.where(switched_off[..., None], self._parked(positions), positions)
+        background = particles.mu[:, -1:]
+        return replace(particles, mu=torch.cat([positions, background], 1),
+                       mu_features=torch.cat([view.features, view.background[:, None]], 1), obj_on=presence)
+
+    def _parked(self, kp: torch.Tensor) -> torch.Tensor:
+        """Positions just outside the image, beyond the nearest edge of each particle: [B, K, 2] -> [B, K, 2]."""
+        park = 1.0 + PARK_SIGMAS * self.config.sigma
+        axis = kp.abs().argmax(dim=-1, keepdim=True)  # 0: nearer the top/bottom edge, 1: the left/right edge
+        nearest = torch.gather(kp, -1, axis)
+        sign = torch.where(nearest < 0, -1.0, 1.0).to(kp.dtype)
+        return kp.scatter(-1, axis, sign * park)
 
     # ------------------------------------------------------------------------------------------------------------
     def forward(
@@ -255,7 +305,7 @@ class DLP(nn.Module):
             official early-training phase. (Masked models have neither, so both flags are no-ops there.)
         """
         self._check_input(x)
-        object_model = self.glimpse_decoder is not None
+        object_model = self.config.is_object_model
         noisy = noisy_masks and object_model
         kp_prior, _ = self.prior(x if x_prior is None else x_prior)
 
@@ -287,5 +337,15 @@ class DLP(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        kind = "object" if self.config.use_object_dec else "masked"
+        kind = "object" if self.config.is_object_model else "masked"
         return f"{kind} model, {self.config.n_kp_enc} particles, {self.config.image_size}px"
+
+
+def _rename_legacy_keys(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Checkpoints written before the position encoder became one module keep loading (strictly)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        local = key[len(prefix):]
+        for old, new in _LEGACY_PREFIXES.items():
+            if local.startswith(old):
+                state_dict[prefix + new + local[len(old):]] = state_dict.pop(key)
+                break

@@ -44,7 +44,7 @@ def _add_common(parser: argparse.ArgumentParser, source_help: str, frameskip: in
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def configure_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def configure_parser(subparsers: argparse._SubParsersAction, argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Add `prepare` and its `clevrer` / `traffic` / `video` sub-commands to `subparsers`."""
     parser = subparsers.add_parser(
         "prepare", help="turn videos or frame folders into .npy frame arrays for training",

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from dlp.model.glimpse import extract_glimpses
-from dlp.model.layers import MLP, ConvBlock, KeypointCNN, spatial_softmax
+from dlp.models.dlp_v1.glimpse import extract_glimpses
+from dlp.models.dlp_v1.layers import MLP, ConvBlock, KeypointCNN, spatial_softmax
 
 
 class PatchPrior(nn.Module):
@@ -87,25 +87,31 @@ class GlimpseEncoder(nn.Module):
         return mu, logvar, glimpses
 
 
-class AnchorOffsetEncoder(GlimpseEncoder):
-    """Positions of object-model particles as prior proposals plus offsets (`DLPConfig.prior_anchored_positions`).
+class HeatmapPositionEncoder(nn.Module):
+    """The official particle positions: an MLP reads all K encoder heat-maps at once and gives each particle's mean
+    (through tanh) and log-variance; object models add the `obj_on` MLP, which reads the heat-maps detached.
 
-    Each particle reads the image glimpse around its anchor (one of the prior's proposals) with the object glimpse
-    encoder's CNN and returns where in that glimpse its object lies, with a log-variance and its `obj_on` logit:
-    x [B, C, H, W], anchors [B, K, 2] -> (mu [B, K, 2], logvar [B, K, 2], obj_on_logit [B, K]). The offset is at most
-    `max_offset` (half a glimpse) and positions stay inside the image.
+    x [B, C, H, W] (unused), heatmap [B, K, F, F] -> (mu [B, K, 2], logvar [B, K, 2], obj_on [B, K] or None).
     """
 
-    def __init__(self, in_channels: int, image_size: int, side: int, max_offset: float,
-                 cnn_channels: tuple[int, ...]):
-        super().__init__(2, image_size, side, in_channels, use_cnn=True, cnn_channels=cnn_channels, out_features=5)
-        self.max_offset = max_offset
+    needs_prior = False  # the positions are read from the heat-maps alone
 
-    def forward(self, x: torch.Tensor, anchors: torch.Tensor, *, exclusive: bool):
-        stats, _ = self.read(x, anchors, exclusive=exclusive)
-        offset, logvar, obj_on_logit = stats.split([2, 2, 1], dim=-1)
-        mu = (anchors + self.max_offset * torch.tanh(offset)).clamp(-1.0, 1.0)
-        return mu, logvar, obj_on_logit.squeeze(-1)
+    def __init__(self, heatmap_size: int, k: int, object_model: bool):
+        super().__init__()
+        self.to_normal_stats = MLP(heatmap_size, 4 * k)
+        self.obj_on_head = MLP(heatmap_size, k) if object_model else None
+
+    def forward(self, x: torch.Tensor, heatmap: torch.Tensor, anchors: torch.Tensor | None = None):
+        b, k = heatmap.shape[:2]
+        flat = heatmap.flatten(1)
+        mu, logvar = self.to_normal_stats(flat).view(b, k, 4).chunk(2, dim=-1)
+        obj_on = torch.sigmoid(self.obj_on_head(flat.detach())) if self.obj_on_head is not None else None
+        return torch.tanh(mu), logvar, obj_on
+
+    @staticmethod
+    def feature_heatmap(heatmap: torch.Tensor) -> torch.Tensor:
+        """The official features read detached heat-maps, so that they never train the position encoder."""
+        return heatmap.detach()
 
 
 class EdgeConv(nn.Module):

@@ -14,10 +14,10 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from dlp.config import ConfigError
+from dlp.data.registry import build_dataset
 from dlp.data.balls import (
     BALL_COLORS,
     BouncingBallsDataset,
-    bouncing_balls,
     kp_to_positions,
     positions_to_kp,
 )
@@ -161,12 +161,21 @@ def test_balls_kp_helpers_splits_and_errors():
     pix = torch.tensor([[0.0, 63.0], [31.5, 31.5]])
     torch.testing.assert_close(positions_to_kp(pix, 64), torch.tensor([[-1.0, 1.0], [0.0, 0.0]]))
     torch.testing.assert_close(kp_to_positions(positions_to_kp(pix, 64), 64), pix)
-    train, valid, test = (bouncing_balls(s, clip_length=4) for s in ("train", "val", "test"))
+    train, valid, test = (build_dataset("balls", data_root=None, image_size=64, split=s, clip_length=4)
+                          for s in ("train", "val", "test"))
     assert (len(train), len(valid), len(test)) == (5000, 200, 200)
-    assert len({float(d[0]["positions"].sum()) for d in (train, valid, test)}) == 3
-    assert len(bouncing_balls("valid", clip_length=4, num_clips=7, image_size=32)[0]["video"]) == 4
-    with pytest.raises(ConfigError, match="split"):
-        bouncing_balls("holdout")
+    # the held-out clips never repeat training clips (valid and test are the same held-out set, as for shapes)
+    assert float(train[0]["positions"].sum()) != float(valid[0]["positions"].sum())
+    assert float(valid[0]["positions"].sum()) == float(test[0]["positions"].sum())
+    small = build_dataset("balls", data_root=None, image_size=32, split="valid", clip_length=4, num_images=7)
+    assert len(small) == 7 and len(small[0]["video"]) == 4
+    # without a clip length: single frames with their ground truth, like shapes
+    frame = build_dataset("balls", data_root=None, image_size=32, split="test", num_images=2)[0]
+    assert frame["image"].shape == (3, 32, 32) and frame["centers"].shape == (3, 2) and frame["boxes"].shape == (3, 4)
+    with pytest.raises(DatasetError, match="split"):
+        build_dataset("balls", data_root=None, image_size=32, split="holdout")
+    with pytest.raises(DatasetError, match="holds still images, but this model trains on video clips"):
+        build_dataset("shapes", data_root=None, image_size=32, clip_length=4)
     with pytest.raises(ConfigError, match="crowd"):
         BouncingBallsDataset(1, num_balls=40)
     with pytest.raises(ConfigError, match="radius"):

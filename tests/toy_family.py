@@ -65,7 +65,7 @@ class ToyObjective(Objective):
         optimizer = torch.optim.SGD(model.parameters(), lr=self.train_config.lr)
         return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)]
 
-    def loss(self, model, batch, *, epoch, phase):
+    def loss(self, model, batch, *, epoch, phase, step=0):
         code, rec = model(batch["image"])
         terms = {"rec": ((rec - batch["image"]) ** 2).mean(), "code": code.pow(2).mean()}
         weight = 0.0 if phase == "burn-in" else self.train_config.code_weight

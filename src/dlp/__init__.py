@@ -37,6 +37,12 @@ _EXPORTS = {
     "Particles": "dlp.models.dlp_v1.model",
     "DLPConfig": "dlp.models.dlp_v1.config",
     "DLPTrainConfig": "dlp.models.dlp_v1.config",
+    "DLPv2": "dlp.models.dlpv2.model",
+    "DLPv2Config": "dlp.models.dlpv2.config",
+    "DLPv2TrainConfig": "dlp.models.dlpv2.config",
+    "DDLP": "dlp.models.ddlp.model",
+    "DDLPConfig": "dlp.models.ddlp.config",
+    "DDLPTrainConfig": "dlp.models.ddlp.config",
 }
 
 __all__ = sorted(_EXPORTS)

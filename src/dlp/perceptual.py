@@ -11,6 +11,10 @@ with phi_l the post-ReLU activations relu1_2, relu2_2, relu3_2, relu4_3 and pool
 so what it really compares are these post-ReLU tensors. Images enter raw, in [0, 1], with no ImageNet normalisation;
 1-channel images are repeated to 3 channels (the pixel term is taken before that).
 
+DLPv2/DDLP's `VGGDistance` (taldatech/ddlp, spec §3.4) is the same network and layers with two differences, both
+options of `VGGPerceptual`: the images are ImageNet-normalised before the VGG (`imagenet_normalize=True`) and the
+feature terms are weighted by 0.12151 (`feature_weight=DDLP_FEATURE_WEIGHT`).
+
 Weights are never silently random: `VGGPerceptual()` (or `weights=None`) loads the ImageNet weights through
 `load_vgg16_features` or raises `VGGWeightsError`; a randomly initialised network needs
 ``VGGPerceptual(weights=None, allow_random=True)`` (or ``weights="random", allow_random=True``). All parameters are frozen; keep
@@ -39,6 +43,8 @@ __all__ = [
     "vgg16_feature_keys",
     "vgg_distance",
     "glimpse_vgg_distance",
+    "reconstruction_loss",
+    "DDLP_FEATURE_WEIGHT",
 ]
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -51,6 +57,9 @@ VGG16_CFG: tuple[int | str, ...] = (
 # `features` indices whose outputs are compared: relu1_2, relu2_2, relu3_2, relu4_3, pool5
 FEATURE_LAYERS: tuple[int, ...] = (3, 8, 13, 22, 30)
 MIN_IMAGE_SIZE = 32  # five 2x2 pools need at least 32 pixels
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DDLP_FEATURE_WEIGHT = 0.12151  # DLPv2/DDLP's weight of every feature term (spec §3.4)
 
 WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 
@@ -157,14 +166,18 @@ class VGGPerceptual(nn.Module):
         allow_random: the only way to get random weights (e.g. in tests): `weights="random"` needs it, and
             `weights=None, allow_random=True` means random too. Missing ImageNet weights are always an error.
         download: let the ImageNet lookup download the file when it is not cached.
+        imagenet_normalize: ImageNet-normalise the images before the VGG (DLPv2/DDLP; the pixel term stays raw).
+        feature_weight: weight of every feature term (DLPv2/DDLP: `DDLP_FEATURE_WEIGHT`).
 
     The state dict of this module has exactly the keys of torchvision's `vgg16().features` (``features.0.weight`` ...).
     """
 
-    def __init__(self, weights: WeightsArg = "imagenet", *, allow_random: bool = False, download: bool = True) -> None:
+    def __init__(self, weights: WeightsArg = "imagenet", *, allow_random: bool = False, download: bool = True,
+                 imagenet_normalize: bool = False, feature_weight: float = 1.0) -> None:
         super().__init__()
         self.features = _build_features()
         self.layer_ids = FEATURE_LAYERS
+        self.imagenet_normalize, self.feature_weight = imagenet_normalize, feature_weight
         self.weights_source: str
         if weights == "random" or (weights is None and allow_random):
             if not allow_random:
@@ -224,10 +237,13 @@ class VGGPerceptual(nn.Module):
         loss = (x - y).pow(2).reshape(b, -1).sum(1)  # [B]
         if x.shape[1] == 1:
             x, y = x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)
-        feats = self.extract(torch.cat([x, y], dim=0))  # one pass over both batches
-        for f in feats:
+        both = torch.cat([x, y], dim=0)  # one pass over both batches
+        if self.imagenet_normalize:
+            mean = both.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+            both = (both - mean) / both.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        for f in self.extract(both):
             fx, fy = f[:b], f[b:]
-            loss = loss + (fx - fy).pow(2).reshape(b, -1).sum(1)
+            loss = loss + self.feature_weight * (fx - fy).pow(2).reshape(b, -1).sum(1)
         if reduction == "mean":
             return loss.mean()
         if reduction == "sum":
@@ -270,17 +286,18 @@ def glimpse_vgg_distance(
 
 
 def reconstruction_loss(name: str, *, device: str | torch.device = "cpu", weights: WeightsArg = "imagenet",
-                        fallback_to_mse: bool = False):
+                        fallback_to_mse: bool = False, **vgg_options):
     """The per-image reconstruction loss called `name` and the name of what is actually used.
 
     'mse' -> (None, 'mse'): the callers' default, the summed squared error. 'vgg' -> (`(x, rec) -> [B]` with the
     official VGG distance, 'vgg'); without reachable ImageNet weights it raises `VGGWeightsError`, or with
-    `fallback_to_mse` warns and returns (None, 'mse (vgg weights unavailable)').
+    `fallback_to_mse` warns and returns (None, 'mse (vgg weights unavailable)'). `vgg_options` go to `VGGPerceptual`
+    (DLPv2/DDLP: `imagenet_normalize=True, feature_weight=DDLP_FEATURE_WEIGHT`).
     """
     if name != "vgg":
         return None, "mse"
     try:
-        vgg = VGGPerceptual(weights=weights).to(device)
+        vgg = VGGPerceptual(weights=weights, **vgg_options).to(device)
     except VGGWeightsError as exc:
         if not fallback_to_mse:
             raise

@@ -26,6 +26,7 @@ __all__ = [
     "draw_particles",
     "boxes_from_masks",
     "anchor_boxes",
+    "scale_boxes",
     "box_iou",
     "nms",
     "draw_boxes",
@@ -164,6 +165,21 @@ def anchor_boxes(kp: torch.Tensor, anchor_s: float, height: int, width: int | No
         [x0.clamp(0, width), y0.clamp(0, height), (x0 + side).clamp(0, width), (y0 + side).clamp(0, height)], dim=-1
     )
     return boxes.long()
+
+
+def scale_boxes(kp: torch.Tensor, scale: torch.Tensor, height: int, width: int | None = None) -> torch.Tensor:
+    """Boxes of glimpses of variable size (DLPv2): kp [..., 2] (y, x) in [-1, 1] and scale [..., 2] (s_y, s_x), the
+    fraction of the image the glimpse spans (sigmoid of the scale logits) -> float [..., 4] (x0, y0, x1, y1).
+
+    A glimpse of scale s samples pixel centres from c - s (H - 1) / 2 to c + s (H - 1) / 2 around the particle's
+    pixel c; as a box of pixel areas (exclusive ends, like the ground-truth boxes) that is half a pixel wider on
+    each side. Not clipped.
+    """
+    width = height if width is None else width
+    pix = kp_to_pixels(kp.detach().float(), height, width)  # (row, col)
+    half_y = scale[..., 0].detach().float() * (height - 1) / 2 + 0.5
+    half_x = scale[..., 1].detach().float() * (width - 1) / 2 + 0.5
+    return torch.stack([pix[..., 1] - half_x, pix[..., 0] - half_y, pix[..., 1] + half_x, pix[..., 0] + half_y], -1)
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

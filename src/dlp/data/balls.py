@@ -57,7 +57,6 @@ __all__ = [
     "BALL_COLORS",
     "BALLS_CLIPS",
     "BouncingBallsDataset",
-    "bouncing_balls",
     "kp_to_positions",
     "positions_to_kp",
 ]
@@ -71,10 +70,8 @@ BALL_COLORS: dict[str, tuple[float, float, float]] = {
     "aqua": (0.0, 1.0, 1.0),
 }
 
-# Default number of clips per split for `bouncing_balls` (the official 5000 / 200 / 200 episodes).
+# Default number of clips per split of the registered dataset "balls" (the official 5000 / 200 / 200 episodes).
 BALLS_CLIPS = {"train": 5000, "valid": 200, "test": 200}
-# Held-out splits draw from seeds far from the training seed, so they never repeat training clips.
-_SPLIT_SEED = {"train": 0, "valid": 1_000_003, "test": 2_000_003}
 
 
 def positions_to_kp(positions: Any, image_size: int) -> Any:
@@ -303,18 +300,3 @@ class BouncingBallsDataset(Dataset):
             a = alpha[:, k, None]  # [T, 1, H, W]
             video += a * (colors[k].astype(np.float32)[None, :, None, None] - video)
         return video
-
-def bouncing_balls(split: str | None = "train", *, clip_length: int = 20, image_size: int = 64,
-                   num_clips: int | None = None, seed: int = 0, num_balls: int = 3,
-                   **kwargs: Any) -> BouncingBallsDataset:
-    """The bouncing-balls dataset of one split: 'train' (or None), 'valid'/'val' or 'test'.
-
-    Each split draws from its own seed (`seed` + a fixed per-split offset), so held-out clips never repeat training
-    clips; `num_clips` defaults to the official sizes (5000 / 200 / 200). Other keyword arguments go to
-    `BouncingBallsDataset`.
-    """
-    split = {None: "train", "val": "valid"}.get(split, split)
-    if split not in _SPLIT_SEED:
-        raise ConfigError(f"the bouncing-balls dataset has no {split!r} split; use 'train', 'valid' or 'test'.")
-    return BouncingBallsDataset(BALLS_CLIPS[split] if num_clips is None else num_clips, clip_length=clip_length,
-                                image_size=image_size, num_balls=num_balls, seed=seed + _SPLIT_SEED[split], **kwargs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset, Subset
 
 from dlp.data.celeba import CelebADataset
@@ -41,6 +42,8 @@ class DatasetInfo:
     heldout_split: the split that evaluation reads.
     demo_preprocess: how `dlp demo` crops an image of this dataset ("celeba", "traffic", "clevrer"; None: centre).
     sample_folder: the folder of official demo images for `dlp demo -d NAME` (None: no samples).
+    videos: the data are videos: `build_dataset(..., clip_length=T)` gives clips {"video": [T, C, H, W]} (windows
+        inside one video; held-out splits one clip per whole video), without it single frames {"image": ...}.
     """
 
     name: str
@@ -52,6 +55,7 @@ class DatasetInfo:
     heldout_split: str = "test"
     demo_preprocess: str | None = None
     sample_folder: str | None = None
+    videos: bool = False
 
 
 _DATASETS: dict[str, DatasetInfo] = {}
@@ -59,11 +63,13 @@ _DATASETS: dict[str, DatasetInfo] = {}
 
 def register_dataset(name: str, *, default_preset: str | None = None, landmarks: bool = False, objects: bool = False,
                      generated: bool = False, heldout_split: str = "test", demo_preprocess: str | None = None,
-                     sample_folder: str | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
-    """Decorator adding a builder under `name`, with the facts of `DatasetInfo`."""
+                     sample_folder: str | None = None, videos: bool = False
+                     ) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator adding a builder under `name`, with the facts of `DatasetInfo`. Builders of video datasets also take
+    `clip_length` (None: single frames)."""
     def add(builder: DatasetBuilder) -> DatasetBuilder:
         _DATASETS[name] = DatasetInfo(name, builder, default_preset, landmarks, objects, generated, heldout_split,
-                                      demo_preprocess, sample_folder)
+                                      demo_preprocess, sample_folder, videos)
         return builder
     return add
 
@@ -82,7 +88,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, split: str | None = "train",
                   use_tps: bool = False, use_pairs: bool = False, seed: int = 0,
-                  num_images: int | None = None) -> Dataset:
+                  num_images: int | None = None, clip_length: int | None = None) -> Dataset:
     """Build the dataset `name` (see `list_datasets()`).
 
     Per dataset ('train' / 'test' work everywhere except 'folder', so generic code can ask for them):
@@ -97,6 +103,7 @@ def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, s
       * 'shapes': generated; 'valid' and 'test' use the seed `seed + HELDOUT_SEED_OFFSET`.
 
     `num_images` keeps only the first `num_images` items of a real dataset (quick runs, capped evaluation).
+    `clip_length` (video datasets, `DatasetInfo.videos`): clips of that many frames instead of single frames.
 
     TPS (still images and frames): `use_tps` adds the official DLP warps, `use_pairs` with it returns the strong warp
     as "image_prior" and the light warp as "image". `use_pairs` without `use_tps` gives consecutive-frame pairs for
@@ -111,8 +118,13 @@ def build_dataset(name: str, *, data_root: str | Path | None, image_size: int, s
             raise DatasetNotFoundError(f"data_root {root} for dataset {name!r} does not exist; check the path.")
     if num_images is not None and num_images < 1:
         raise DatasetError(f"num_images must be a positive integer or None, got {num_images}.")
+    video_datasets = ", ".join(n for n in list_datasets() if _DATASETS[n].videos)
+    if clip_length is not None and not info.videos:
+        raise DatasetError(f"dataset {name!r} holds still images, but this model trains on video clips; use a video "
+                           f"dataset ({video_datasets}).")
+    options = {"clip_length": clip_length} if info.videos else {}
     return info.builder(root, image_size=image_size, split=split, use_tps=use_tps, use_pairs=use_pairs, seed=seed,
-                        num_images=num_images)
+                        num_images=num_images, **options)
 
 
 def _first(dataset: Dataset, num_images: int | None) -> Dataset:
@@ -220,9 +232,15 @@ def resolve_frame_array(root: Path, name: str, split: str | None) -> tuple[Path,
 
 def _frames(name: str) -> DatasetBuilder:
     def build(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
-              num_images: int | None) -> Dataset:
+              num_images: int | None, clip_length: int | None = None) -> Dataset:
         root = _require_root(root, name, f"a prepared .npy (see `dlp prepare {name}`) or a folder holding one")
         npy, inner_split = resolve_frame_array(root, name, "valid" if split == "test" else split)
+        if clip_length is not None:
+            from dlp.data.clips import FrameArrayClips
+
+            if use_tps or use_pairs:
+                raise DatasetError("video clips have no TPS warps or pairs; drop --use_tps/--use_pairs.")
+            return _first(FrameArrayClips(npy, inner_split, clip_length, image_size), num_images)
         warper = dlp_warper(image_size, pairs=use_pairs, video=True) if use_tps else None
         mode = "pairs" if use_pairs and not use_tps else "single"
         dataset = FrameArrayDataset(npy, split=inner_split, mode=mode, image_size=image_size, warper=warper)
@@ -232,9 +250,67 @@ def _frames(name: str) -> DatasetBuilder:
 
 
 register_dataset("clevrer", default_preset="clevrer", heldout_split="valid", demo_preprocess="clevrer",
-                 sample_folder="clevrer")(_frames("clevrer"))
+                 sample_folder="clevrer", videos=True)(_frames("clevrer"))
 register_dataset("traffic", default_preset="traffic", heldout_split="valid", demo_preprocess="traffic",
-                 sample_folder="traffic")(_frames("traffic"))
+                 sample_folder="traffic", videos=True)(_frames("traffic"))
+
+
+class FramesAsImages(Dataset):
+    """Single-frame clips as images: {"video": [1, C, H, W], ...} -> {"image": [C, H, W], ...}; per-frame ground
+    truth of generated videos (positions, radii) becomes the image's "centers" and "boxes"."""
+
+    def __init__(self, clips: Dataset):
+        self.clips = clips
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.clips[index])
+        item["image"] = item.pop("video")[0]
+        if "positions" in item:  # (y, x) centres and radii of the first (only) frame
+            centers, radii = item.pop("positions")[0], item.pop("sizes")[0]
+            item["centers"] = centers
+            item["boxes"] = torch.stack([centers[:, 1] - radii, centers[:, 0] - radii, centers[:, 1] + radii + 1,
+                                         centers[:, 0] + radii + 1], -1)
+            for key in ("velocities", "ids", "colors"):
+                item.pop(key, None)
+        return item
+
+
+def _episode_folders(name: str, layout: str, native_size: int | None) -> DatasetBuilder:
+    def build(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+              num_images: int | None, clip_length: int | None = None) -> Dataset:
+        from dlp.data.clips import EpisodeFolderClips
+
+        root = _require_root(root, name, f"the {layout} frame folders (<root>/<split>/<episode>/<frame>.png)")
+        if use_tps or use_pairs:
+            raise DatasetError(f"{name} has no TPS warps or pairs; drop --use_tps/--use_pairs.")
+        clips = EpisodeFolderClips(root, split or "train", clip_length or 1, image_size or native_size, layout)
+        return _first(clips if clip_length is not None else FramesAsImages(clips), num_images)
+    build.__name__ = f"_{name}"
+    return build
+
+
+for _name, _layout, _preset in (("obj3d", "obj3d", "dlpv2-obj3d"), ("obj3d128", "obj3d", "dlpv2-obj3d128"),
+                                ("phyre", "phyre", None)):
+    register_dataset(_name, default_preset=_preset, videos=True)(_episode_folders(_name, _layout, None))
+
+
+@register_dataset("balls", objects=True, generated=True, videos=True)
+def _balls(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
+           num_images: int | None, clip_length: int | None = None) -> Dataset:
+    """Generated bouncing balls (`dlp.data.balls`): clips with ground truth; single frames with their centres."""
+    from dlp.data.balls import BALLS_CLIPS, BouncingBallsDataset
+
+    if use_tps or use_pairs:
+        raise DatasetError("the balls dataset has no TPS warps or pairs; drop --use_tps/--use_pairs.")
+    split = {None: "train", "val": "valid"}.get(split, split)
+    if split not in ("train", "valid", "test"):
+        raise DatasetError(f"the balls dataset has no {split!r} split; use 'train', 'valid' or 'test'.")
+    clips = BouncingBallsDataset(num_images or BALLS_CLIPS[split], clip_length=clip_length or 1,
+                                 image_size=image_size, seed=seed if split == "train" else seed + HELDOUT_SEED_OFFSET)
+    return clips if clip_length is not None else FramesAsImages(clips)
 
 
 SHAPES_TRAIN_IMAGES = 40_000  # the official `train_dlp.py` size

@@ -50,7 +50,8 @@ class Edit:
     """One particle edit: `index` (int, or "bg" for the background) and ordered (key, value) changes.
 
     Keys: `dx`, `dy` shift the position in particle units (the image spans [-1, 1]); `x`, `y` set the column / row in
-    pixels; `f<d>` sets feature dimension d (0-based); `on` switches the particle on (1) or off (0); a family's own
+    pixels; `f<d>` sets feature dimension d (0-based); `on` switches the particle on (1) or off (0); `obj_on` sets
+    the transparency (models with one, in [0, 1]); a family's own
     attributes (`DemoState.attribute_names`, e.g. DLPv2's `scale`, `depth`, `obj_on`) set that attribute, `<name><j>`
     one component of it. Which keys a model accepts: `DemoState.edit_keys()`.
     """
@@ -143,7 +144,7 @@ class DemoState:
 
     def edit_keys(self) -> list[str]:
         """The keys `--edit` accepts for this model (`f<d>` written as a range)."""
-        keys = list(POSITION_KEYS) + [f"f0..f{self.feature_dim - 1}", "on"]
+        keys = list(POSITION_KEYS) + [f"f0..f{self.feature_dim - 1}", "on"] + (["obj_on"] if self.is_object_model else [])
         for name, value in self.original_attributes.items():
             keys.append(name if value.shape[-1] == 1 else f"{name}, {name}0..{name}{value.shape[-1] - 1}")
         return keys
@@ -250,6 +251,30 @@ class DemoState:
             self.attributes[name][i, component] = value
         self._changed()
 
+    def set_presence(self, i: int, value: float) -> None:
+        """Set the transparency (`obj_on`, in [0, 1]) of foreground particle i (models with a presence only)."""
+        self._check_index(i)
+        if not self.is_object_model:
+            raise EditError("this model has no transparency (obj_on); switch particles with on=0/1 instead.")
+        self.obj_on[i] = min(max(float(value), 0.0), 1.0)
+        self._changed()
+
+    def slider_specs(self) -> list[tuple[str, float, float]]:
+        """The per-particle sliders after position and before features: (name, low, high) for the transparency
+        (models with a presence) and every component of the family's attributes (`<name><j>`)."""
+        specs = [("obj_on", 0.0, 1.0)] if self.is_object_model else []
+        for name, value in self.original_attributes.items():
+            low, high = self.attribute_ranges.get(name, (-5.0, 5.0))
+            specs += [(f"{name}{j}", low, high) for j in range(value.shape[-1])]
+        return specs
+
+    def slider_value(self, i: int, name: str, *, original: bool = False) -> float:
+        """The current (or encoded) value of particle i shown on slider `name` of `slider_specs`."""
+        if name == "obj_on":
+            return float((self.original_obj_on if original else self.obj_on)[i])
+        attribute, component = re.fullmatch(r"(.*?)(\d+)", name).groups()
+        return float((self.original_attributes if original else self.attributes)[attribute][i, int(component)])
+
     def set_on(self, i: int, on: bool) -> None:
         """Switch foreground particle i on or off (see the module docstring for what "off" means per model)."""
         self._check_index(i)
@@ -287,6 +312,7 @@ class DemoState:
         attribute_re = re.compile(rf"^({'|'.join(map(re.escape, self.attributes))})(\d*)$") if self.attributes else None
         for key, _ in edit.changes:
             known = key in POSITION_KEYS or key == "on" or re.fullmatch(r"f\d+", key)
+            known = known or (key == "obj_on" and self.is_object_model)
             known = known or (attribute_re is not None and attribute_re.match(key))
             if not known:
                 raise self._unknown_key(edit, key)
@@ -299,6 +325,8 @@ class DemoState:
                 self.set_feature(i, int(key[1:]), value)
             elif key == "on":
                 self.set_on(i, bool(value))
+            elif key == "obj_on":
+                self.set_presence(i, value)
             elif key == "dx":
                 col += value / 2.0 * (self.size - 1)
                 moved = True
@@ -519,8 +547,17 @@ class DemoController:
         elif name in ("x", "y"):
             row, col = (float(v) for v in self.state.pixels()[i])
             self.state.move(i, value if name == "y" else row, value if name == "x" else col)
+        elif name in {spec[0] for spec in self.state.slider_specs()}:
+            if self.state.slider_value(i, name) == value:
+                return False
+            if name == "obj_on":
+                self.state.set_presence(i, value)
+            else:
+                attribute, component = re.fullmatch(r"(.*?)(\d+)", name).groups()
+                self.state.set_attribute(i, attribute, value, int(component))
         else:
-            raise ValueError(f"unknown slider {name!r}; use threshold, x, y or f0, f1, ...")
+            raise ValueError(f"unknown slider {name!r}; use threshold, x, y, f0, f1, ... or "
+                             f"{', '.join(spec[0] for spec in self.state.slider_specs()) or 'none other'}.")
         self.describe()
         return True
 

@@ -153,20 +153,18 @@ class DemoWindow:
                 self.ax_obj.add_patch(r)
                 self.frames.append(r)
 
-        # ---- right column: the selected particle's position and features
+        # ---- right column: the selected particle's position, transparency, the family's attributes and features
         d = state.feature_dim
-        names = ["y", "x"] + [f"f{j}" for j in range(d)]
-        row_h = min(0.05, 0.72 / len(names))
+        limit = state.feature_limit()
+        ranges = {"y": ("row", 0.0, float(size - 1)), "x": ("col", 0.0, float(size - 1))}
+        ranges.update({name: (name, lo, hi) for name, lo, hi in state.slider_specs()})
+        ranges.update({f"f{j}": (f"f{j}", -limit, limit) for j in range(d)})
+        row_h = min(0.05, 0.72 / len(ranges))
         fig.text(0.79, 0.95, "selected particle", fontsize=9, weight="bold")
         self.sliders: dict[str, Any] = {}
-        limit = state.feature_limit()
-        for j, name in enumerate(names):
+        for j, (name, (label, lo, hi)) in enumerate(ranges.items()):
             ax = fig.add_axes([0.80, 0.92 - (j + 1) * row_h, 0.15, row_h * 0.6])
-            if name in ("y", "x"):
-                label, lo, hi = ("row" if name == "y" else "col"), 0.0, float(size - 1)
-            else:
-                label, lo, hi = name, -limit, limit
-            slider = Slider(ax, label, lo, hi, valinit=0.0 if name[0] == "f" else (size - 1) / 2, valfmt="%.3g")
+            slider = Slider(ax, label, lo, hi, valinit=(lo + hi) / 2, valfmt="%.3g")
             slider.label.set_fontsize(8)
             slider.valtext.set_fontsize(8)
             slider.on_changed(lambda value, name=name: self._on_slider(name, value))
@@ -336,6 +334,8 @@ class DemoWindow:
             row, col = (float(v) for v in state.pixels()[i])
             orow, ocol = (float(v) for v in state.pixels(state.original_positions)[i])
             values = {"y": (row, orow), "x": (col, ocol)}
+            values.update({name: (state.slider_value(i, name), state.slider_value(i, name, original=True))
+                           for name, _, _ in state.slider_specs()})
             values.update({f"f{j}": (float(v), float(o)) for j, (v, o) in
                            enumerate(zip(state.features[i], state.original_features[i]))})
             for name, (value, original) in values.items():

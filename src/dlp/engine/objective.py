@@ -39,8 +39,14 @@ class Objective:
         self.device = torch.device(device)
         self.vgg_weights = vgg_weights
         self.fallback_rec_loss = fallback_rec_loss
+        self.steps_per_epoch: int | None = None  # set by the trainer once its data loader exists
 
     # ------------------------------------------------------------------------------------------------------------
+    def dataset_options(self) -> dict[str, Any]:
+        """Extra keyword arguments of `dlp.data.registry.build_dataset` for this family's items (e.g. clips of a
+        given length for a video model); none by default (single images)."""
+        return {}
+
     def check_item(self, item: Mapping[str, Any]) -> None:
         """Refuse, with one sentence, a training item the model cannot take (checked before anything is written).
 
@@ -66,9 +72,10 @@ class Objective:
         """The optimisers (all stepped every batch) and schedulers (stepped once per epoch) of a training run."""
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: Mapping[str, Any], *, epoch: int, phase: str
+    def loss(self, model: torch.nn.Module, batch: Mapping[str, Any], *, epoch: int, phase: str, step: int = 0
              ) -> dict[str, torch.Tensor]:
-        """The loss terms of one batch (0-dim tensors named by `loss_names`; "loss" is what is minimised)."""
+        """The loss terms of one batch (0-dim tensors named by `loss_names`; "loss" is what is minimised); `step` is
+        the number of optimisation steps before this one (for schedules that count batches)."""
         raise NotImplementedError
 
     def figures(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -169,14 +169,14 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
 
         # Everything that can be wrong with the inputs is checked before anything is written.
+        self.objective = self.family.objective_class(model_config, train_config, device=self.accelerator.device,
+                                                     vgg_weights=options.vgg_weights)
         self.train_dataset = train_dataset if train_dataset is not None else self._build_dataset("train")
         if len(self.train_dataset) < train_config.batch_size * self.accelerator.num_processes:
             raise ConfigError(
                 f"the training set has {len(self.train_dataset)} items, fewer than one batch of "
                 f"{train_config.batch_size}; lower --batch_size or add data."
             )
-        self.objective = self.family.objective_class(model_config, train_config, device=self.accelerator.device,
-                                                     vgg_weights=options.vgg_weights)
         self.objective.check_item(self.train_dataset[0])
         self.run_dir = self._make_run_dir()
         self.eval_fn = eval_fn
@@ -195,6 +195,7 @@ class Trainer:
                             persistent_workers=options.num_workers > 0, generator=torch.Generator())
         prepared = self.accelerator.prepare(model, *self.optimizers, loader)
         self.model, self.optimizers, self.loader = prepared[0], list(prepared[1:-1]), prepared[-1]
+        self.objective.steps_per_epoch = len(self.loader)
         self.forward_model = self.model
         self._compiled_ok = False
         if options.compile:
@@ -247,7 +248,8 @@ class Trainer:
 
         return build_dataset(self.tcfg.dataset, data_root=self.tcfg.data_root, image_size=self.cfg.image_size,
                              split=split, use_tps=self.tcfg.use_tps, use_pairs=self.tcfg.use_pairs,
-                             seed=self.tcfg.seed, num_images=self.tcfg.num_train_images)
+                             seed=self.tcfg.seed, num_images=self.tcfg.num_train_images,
+                             **self.objective.dataset_options())
 
     def _write_config(self) -> None:
         import yaml
@@ -328,7 +330,7 @@ class Trainer:
 
     def _loss_and_backward(self, batch: dict, phase: str) -> dict[str, torch.Tensor]:
         with self.accelerator.autocast():
-            terms = self.objective.loss(self.forward_model, batch, epoch=self.epoch, phase=phase)
+            terms = self.objective.loss(self.forward_model, batch, epoch=self.epoch, phase=phase, step=self.step)
         self.accelerator.backward(terms["loss"])
         return terms
 

@@ -14,6 +14,8 @@ Metrics, for a batch of images with positions of the *confident* particles and t
   radii (4 and 6 px) and non-overlapping 11-13 px shapes this does not happen.
 * `count_error`: mean over images of |#confident particles - #objects|; `count_accuracy`: fraction of images where
   the two counts agree.
+* `box_*` (`box_metrics`, for models whose particles have a size, e.g. DLPv2's glimpse scale): IoU-matched
+  recall/precision/F1 of the particles' boxes against the ground-truth boxes, and the mean best IoU per object.
 
 Coordinates are pixels, (y, x) = (row, col); any consistent order works since only distances are used.
 """
@@ -139,4 +141,73 @@ def discovery_metrics(
     out["count_accuracy"] = float((counts == 0).double().mean()) if counts.numel() else float("nan")
     out["num_objects"] = float(n_objects)
     out["num_detections"] = float(n_detections)
+    return out
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of continuous boxes a [P, 4], b [M, 4] (x0, y0, x1, y1) -> [P, M]."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union, torch.zeros_like(union))
+
+
+def box_metrics(
+    boxes: torch.Tensor,
+    confident: torch.Tensor,
+    true_boxes: torch.Tensor,
+    *,
+    iou_thresholds: Sequence[float] = (0.5,),
+) -> dict[str, float]:
+    """Box quality of the confident particles against ground-truth boxes (models whose particles have a size).
+
+    One-to-one matching, greedy by decreasing IoU, a pair accepted when its IoU >= the threshold; counts pooled over
+    the set. Returns `box_recall@t`, `box_precision@t`, `box_f1@t` per threshold and `box_iou/mean`, the mean over
+    true objects of the best IoU of any confident particle (0 when there is none).
+
+    Args:
+        boxes: [B, K, 4] (x0, y0, x1, y1) pixel boxes of the particles (exclusive ends, like the ground truth).
+        confident: [B, K] bool, which particles count as detections.
+        true_boxes: [B, M, 4] ground-truth boxes, rows of NaN for padding.
+    """
+    if boxes.shape[:2] != confident.shape or boxes.shape[-1] != 4:
+        raise DiscoveryInputError(f"boxes must be [B, K, 4] matching confident {tuple(confident.shape)}, got "
+                                  f"{tuple(boxes.shape)}.")
+    if true_boxes.dim() != 3 or true_boxes.shape[0] != boxes.shape[0] or true_boxes.shape[-1] != 4:
+        raise DiscoveryInputError(f"true_boxes must be [B, M, 4] with B = {boxes.shape[0]}, got "
+                                  f"{tuple(true_boxes.shape)}.")
+    boxes = boxes.detach().to("cpu", torch.float64)
+    true_boxes = true_boxes.detach().to("cpu", torch.float64)
+    confident = confident.detach().to("cpu", torch.bool)
+    tp = {t: 0 for t in iou_thresholds}
+    n_objects = n_detections = 0
+    best: list[torch.Tensor] = []
+    for b in range(boxes.shape[0]):
+        obj = true_boxes[b][~torch.isnan(true_boxes[b]).any(-1)]
+        det = boxes[b][confident[b]]
+        n_objects += obj.shape[0]
+        n_detections += det.shape[0]
+        if obj.shape[0] == 0:
+            continue
+        if det.shape[0] == 0:
+            best.append(torch.zeros(obj.shape[0], dtype=torch.float64))
+            continue
+        iou = _box_iou(det, obj)  # [P_b, M_b]
+        best.append(iou.max(0).values)
+        for t in iou_thresholds:
+            # greedy by IoU = greedy by the distance 1 - IoU within 1 - t
+            tp[t] += _greedy_matches(1.0 - iou, 1.0 - float(t))
+    out: dict[str, float] = {}
+    for t in iou_thresholds:
+        recall = tp[t] / n_objects if n_objects else float("nan")
+        precision = tp[t] / n_detections if n_detections else 0.0
+        tag = f"{float(t):g}"
+        out[f"box_recall@{tag}"] = recall
+        out[f"box_precision@{tag}"] = precision
+        out[f"box_f1@{tag}"] = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    all_best = torch.cat(best) if best else torch.empty(0, dtype=torch.float64)
+    out["box_iou/mean"] = float(all_best.mean()) if all_best.numel() else float("nan")
     return out

@@ -29,11 +29,12 @@ class EmptyLoaderError(ValueError):
 
 
 def batch_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a collated batch: a tensor, a dict with "image", or a tuple/list whose first item is it."""
+    """The image tensor of a collated batch: a tensor, a dict with "image" (or "video": clips [B, T, C, H, W]), or a
+    tuple/list whose first item is it."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, Mapping):
-        return batch["image"]
+        return batch["video"] if "video" in batch else batch["image"]
     if isinstance(batch, (list, tuple)):
         return batch[0]
     raise TypeError(f"cannot find the images in a batch of type {type(batch).__name__}; yield tensors or dicts.")
@@ -80,8 +81,9 @@ def validation_elbo(model: torch.nn.Module, loader: Any, objective: Any, *, offi
                 sums[key] = sums.get(key, 0.0) + weight * float(value)
             if image_metrics:
                 rec = model.decode(model.encode(x)).rec
-                sums["psnr"] = sums.get("psnr", 0.0) + float(psnr(x, rec).sum())
-                sums["ssim"] = sums.get("ssim", 0.0) + float(ssim(x, rec).sum())
+                frames, rec = x.flatten(0, -4), rec.flatten(0, -4)  # clips: every frame an image
+                sums["psnr"] = sums.get("psnr", 0.0) + float(psnr(frames, rec).sum()) * b / frames.shape[0]
+                sums["ssim"] = sums.get("ssim", 0.0) + float(ssim(frames, rec).sum()) * b / frames.shape[0]
             n_images += b
             n_batches += 1
 

@@ -78,7 +78,7 @@ def encode_dataset(
     From the family's `particle_view`: `mu`, `logvar` [N, K+1, 2] and `mu_features`, `logvar_features` [N, K+1, D]
     with the background particle as the last row (a row of zeros for families without one: `has_background` is then
     0), `obj_on` [N, K] (models with a presence) and `confidence` [N, K]; plus the batch entries named in `keys`
-    (e.g. "landmarks", "centers"), concatenated as well.
+    (e.g. "landmarks", "centers"), concatenated as well, and the family's attributes as "attribute/<name>".
     """
     was_training = model.training
     model.eval()
@@ -101,7 +101,8 @@ def encode_dataset(
             for name, (fg, background) in rows.items():
                 if fg is not None:
                     acc.setdefault(name, []).append(torch.cat([fg, background[:, None]], 1).detach().float().cpu())
-            for name, value in (("obj_on", view.presence), ("confidence", view.confidence)):
+            for name, value in (("obj_on", view.presence), ("confidence", view.confidence),
+                                *((f"attribute/{k}", v) for k, v in view.attributes.items())):
                 if value is not None:
                     acc.setdefault(name, []).append(value.detach().float().cpu())
             for key in keys:
@@ -114,35 +115,38 @@ def encode_dataset(
         raise EvaluationError("the evaluation dataset is empty; check --data-root and the split.")
     out: dict[str, torch.Tensor] = {}
     for name, values in acc.items():
-        if name == "centers":
+        if name in ("centers", "boxes"):
             m = max(v.shape[1] for v in values)
-            values = [torch.cat([v, v.new_full((v.shape[0], m - v.shape[1], 2), float("nan"))], 1) for v in values]
+            values = [torch.cat([v, v.new_full((v.shape[0], m - v.shape[1], v.shape[2]), float("nan"))], 1)
+                      for v in values]
         out[name] = torch.cat(values)
     out["has_background"] = torch.tensor(float(has_background))
     return out
 
 
 def build_split(dataset: str, split: str, *, data_root: str | None, image_size: int, seed: int = 0,
-                num_images: int | None = None) -> Any:
-    """A split of a registered dataset; `num_images` caps real data and sizes generated data (default 1000)."""
+                num_images: int | None = None, **options: Any) -> Any:
+    """A split of a registered dataset; `num_images` caps real data and sizes generated data (default 1000);
+    `options` are the family's (`Objective.dataset_options`, e.g. the clip length of a video model)."""
     from dlp.data.registry import build_dataset, dataset_info
 
     if dataset_info(dataset).generated:
         num_images = num_images or DEFAULT_GENERATED_IMAGES
     return build_dataset(dataset, data_root=data_root, image_size=image_size, split=split, seed=seed,
-                         num_images=num_images)
+                         num_images=num_images, **options)
 
 
 PARTICLE_METRICS = ("regression", "discovery")  # they read particles: the model needs `particle_view`
 
 
-def default_metrics(dataset: str, model: torch.nn.Module | None = None) -> list[str]:
+def default_metrics(dataset: str, model: torch.nn.Module | None = None, *, videos: bool = False) -> list[str]:
     """The metrics `dlp eval` computes when none are requested, from what the dataset has (and, given a model,
-    what the model has: models without particles get the validation objective only)."""
+    what the model has: models without particles get the validation objective only; video models (`videos`) are
+    evaluated on held-out clips)."""
     from dlp.data.registry import dataset_info
 
     info = dataset_info(dataset)
-    if model is not None and not hasattr(model, "particle_view"):
+    if videos or (model is not None and not hasattr(model, "particle_view")):
         return ["elbo"]
     if info.objects:
         return ["discovery", "elbo"]
@@ -221,15 +225,24 @@ def run_discovery(
     """Object discovery against the dataset's "centers" (pixels, (y, x)); see `dlp.evaluation.discovery`.
 
     Confident particles: presence > `presence_threshold` for models with a presence, else the `topk` most confident.
+    Particles with a size (a "scale" attribute, e.g. DLPv2) are also scored as boxes against the dataset's "boxes".
     """
-    from dlp.evaluation.discovery import confident_particles, discovery_metrics
-    from dlp.viz import kp_to_pixels
+    from dlp.evaluation.discovery import box_metrics, confident_particles, discovery_metrics
+    from dlp.viz import kp_to_pixels, scale_boxes
 
-    enc = encode_dataset(model, _loader(dataset, batch_size), device=device, keys=("centers",))
-    positions = kp_to_pixels(enc["mu"][:, :-1], model.config.image_size)
+    item = dataset[0]
+    with_boxes = "boxes" in item
+    enc = encode_dataset(model, _loader(dataset, batch_size), device=device,
+                         keys=("centers", "boxes") if with_boxes else ("centers",))
+    size = model.config.image_size
+    positions = kp_to_pixels(enc["mu"][:, :-1], size)
     confident = confident_particles(enc["confidence"], enc.get("obj_on"), presence_threshold=presence_threshold,
                                     topk=topk)
-    return discovery_metrics(positions, confident, enc["centers"], radii=radii)
+    results = discovery_metrics(positions, confident, enc["centers"], radii=radii)
+    if with_boxes and "attribute/scale" in enc:
+        boxes = scale_boxes(enc["mu"][:, :-1], enc["attribute/scale"], size)
+        results.update(box_metrics(boxes, confident, enc["boxes"]))
+    return results
 
 
 def run_elbo(model: torch.nn.Module, dataset: Any, objective: Any, *, batch_size: int = 64,
@@ -326,14 +339,18 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Evaluate an in-memory model; see `evaluate_checkpoint` (which loads the model and calls this).
 
-    `objective` (or else `train_config`, a config or dict of the run's settings) supplies the ELBO's weights.
+    `objective` (or else `train_config`, a config or dict of the run's settings) supplies the ELBO's weights and the
+    family's dataset options (a video model is evaluated on held-out clips).
     """
     from dlp.data.registry import dataset_info
 
     info = dataset_info(dataset)
     image_size = int(model.config.image_size)
+    if objective is None:
+        objective = evaluation_objective(model, train_config, dataset=dataset, device=device)
+    options = objective.dataset_options()  # e.g. clips for a video model
     if metrics is None:
-        metrics = default_metrics(dataset, model)
+        metrics = default_metrics(dataset, model, videos="clip_length" in options)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise EvaluationError(f"unknown metrics {unknown}; choose from {list(METRICS)}.")
@@ -347,11 +364,9 @@ def evaluate_model(
     if "regression" in metrics and not info.landmarks:
         raise EvaluationError(f"keypoint regression needs landmarks, which dataset {dataset!r} does not have; "
                               "drop 'regression' from the metrics.")
-    if objective is None and "elbo" in metrics:
-        objective = evaluation_objective(model, train_config, dataset=dataset, device=device)
     # Generated held-out data is drawn from the run's seed (offset, so that it never repeats training data).
-    seed = (objective.train_config if objective is not None else run_train_config(model, train_config)).seed
-    heldout = dict(data_root=data_root, image_size=image_size, seed=seed, num_images=num_images)
+    heldout = dict(data_root=data_root, image_size=image_size, seed=objective.train_config.seed,
+                   num_images=num_images)
 
     results: dict[str, Any] = {"dataset": dataset, "metrics": {}, "figures": {}}
     flat: dict[str, float] = results["metrics"]
@@ -364,13 +379,12 @@ def evaluate_model(
         )
         flat.update({f"regression/{k}": v for k, v in reg.items()})
         results["figures"].update(figs)
-    eval_set = None
-    if "discovery" in metrics or "elbo" in metrics:
-        eval_set = build_split(dataset, info.heldout_split, **heldout)
     if "discovery" in metrics:
+        eval_set = build_split(dataset, info.heldout_split, **heldout)
         disc = run_discovery(model, eval_set, batch_size=batch_size, device=device, topk=topk)
         flat.update({f"discovery/{k}": v for k, v in disc.items()})
     if "elbo" in metrics:
+        eval_set = build_split(dataset, info.heldout_split, **heldout, **options)
         elbo = run_elbo(model, eval_set, objective, batch_size=batch_size, device=device)
         flat.update({f"elbo/{k}": v for k, v in elbo.items()})
         results["elbo_rec_loss"] = getattr(objective, "rec_loss_name", "mse")

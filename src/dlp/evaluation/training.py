@@ -22,7 +22,7 @@ def evaluate_during_training(model: torch.nn.Module, objective: Any, *, device: 
                              ) -> dict[str, float]:
     """Held-out metrics of `model` for the run described by `objective.train_config`, flat, plus "score"."""
     tcfg = objective.train_config
-    metrics = default_metrics(tcfg.dataset, model)
+    metrics = default_metrics(tcfg.dataset, model, videos="clip_length" in objective.dataset_options())
     if "discovery" in metrics:
         metrics = ["discovery"]
     results = evaluate_model(model, dataset=tcfg.dataset, data_root=tcfg.data_root, metrics=metrics,

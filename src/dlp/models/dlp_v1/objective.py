@@ -132,7 +132,8 @@ class DLPObjective(Objective):
         schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, tcfg.lr_milestones, tcfg.lr_gamma) for opt in optimizers]
         return optimizers, schedulers
 
-    def loss(self, model, batch: Mapping[str, Any], *, epoch: int, phase: str) -> dict[str, torch.Tensor]:
+    def loss(self, model, batch: Mapping[str, Any], *, epoch: int, phase: str, step: int = 0
+             ) -> dict[str, torch.Tensor]:
         tcfg = self.train_config
         x, x_prior = batch["image"], batch.get("image_prior")
         warmup = phase == "warm-up"

@@ -1,14 +1,18 @@
-"""Speed benchmark: training step, inference and data loading for the presets, on the available device.
+"""Speed benchmark: training step, inference and data loading for the presets of every family, on the available device.
 
-    python benchmarks/bench.py                          # shapes and celeba presets, batch 32, Markdown table
-    python benchmarks/bench.py --presets shapes --repeats 10 --out results.md
+    python benchmarks/bench.py                          # shapes, celeba, dlpv2-shapes, ddlp-balls; batch 32
+    python benchmarks/bench.py --presets shapes dlpv2-shapes-quick --repeats 10 --out results.md
     python benchmarks/bench.py --device cuda --precision bf16 --compile
     python benchmarks/bench.py --mode train --profile  # + where the training step spends its time
 
-A training step is forward + loss + backward + both Adam steps (the engine's `Trainer.train_step`, warm-up off,
-noisy masks off), on random images. Each measurement: warm-up iterations, then the median of `--repeats` timed
-runs with the min-max range. Training and inference of every preset run in their own subprocesses, so that each
-peak memory (RSS on CPU, allocated memory on GPU) belongs to that workload alone.
+A training step is the engine's `Trainer.train_step` in the family's normal phase (forward + loss + backward + the
+optimiser steps) on random images (or random clips for video models). Each measurement: warm-up iterations, then the
+median of `--repeats` timed runs with the min-max range. Beside the times: the FLOPs of one step
+(`torch.utils.flop_counter`: convolutions, matrix products, attention -- the elementwise work is not counted), the
+FLOP rate that achieves, and its fraction of the machine's matrix-multiply peak, measured in the same process (a
+float32 `torch.mm` of 2048 x 2048 matrices with the same threads). Video models also report rollout frames per
+second. Training and inference of every preset run in their own subprocesses, so that each peak memory (RSS on CPU,
+allocated memory on GPU) belongs to that workload alone.
 """
 
 from __future__ import annotations
@@ -46,6 +50,26 @@ def _timed(fn, device, warmup: int, repeats: int) -> list[float]:
     return times
 
 
+def matmul_peak_gflops(device, dtype=None, size: int = 2048, repeats: int = 5) -> float:
+    """The machine's matrix-multiply rate in GFLOP/s: the best of `repeats` products of two size x size matrices."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = min(_timed(lambda: torch.mm(a, b), device, 2, repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def count_flops(fn) -> float:
+    """FLOPs of one call of `fn` (what `torch.utils.flop_counter` counts: convolutions, matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def worker(args) -> dict:
     import torch
 
@@ -56,34 +80,46 @@ def worker(args) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     preset = get_preset(args.worker)
-    model_config = preset.model_config()
     family = get_family(preset.family)
+    model_config = preset.model_config()
     overrides = {"batch_size": args.batch_size}
     if "rec_loss_function" in family.train_config_class.field_names():  # no ImageNet weights needed
         overrides["rec_loss_function"] = "mse"
     train_config = preset.train_config(**overrides)
+    objective = family.objective_class(model_config, train_config)
     size = model_config.image_size
-    x = torch.rand(args.batch_size, 3, size, size, device=device)
-    result = {"preset": args.worker}
+    clip = objective.dataset_options().get("clip_length")
+    shape = (args.batch_size, clip, 3, size, size) if clip else (args.batch_size, 3, size, size)
+    key = "video" if clip else "image"
+    x = torch.rand(*shape, device=device)
+    result = {"preset": args.worker, "family": preset.family}
+    peak = matmul_peak_gflops(device)
+    result["matmul_peak_gflops"] = peak
 
     if args.mode == "train":
-        dataset = [{"image": torch.rand(3, size, size)} for _ in range(args.batch_size)]
+        dataset = [{key: torch.rand(*shape[1:])} for _ in range(args.batch_size)]
         trainer = Trainer(model_config, train_config,
                           RunOptions(output_dir=str(Path(args.tmp) / "runs"), name=args.worker, device=args.device,
                                      precision=args.precision, compile=args.compile, progress=False),
                           train_dataset=dataset, eval_fn=lambda *a, **k: {})
-        batch = {"image": x}
-        times = _timed(lambda: trainer.train_step(batch, "normal"), device, args.warmup, args.repeats)
+        batch = {key: x}
+        step = lambda: trainer.train_step(batch, "normal")  # noqa: E731
+        times = _timed(step, device, args.warmup, args.repeats)
         result["train_s"] = times
         result["peak_mem_gb"] = _peak_memory_gb(device)  # before profiling, which keeps its own records
+        result["train_gflop"] = count_flops(step) / 1e9
+        result["train_fraction_of_peak"] = result["train_gflop"] / statistics.median(times) / peak
         if args.profile:
-            result["profile_ms"] = _profile_step(lambda: trainer.train_step(batch, "normal"))
+            result["profile_ms"] = _profile_step(step)
     else:
         from dlp.engine.allocator import retain_freed_memory
 
         if device.type == "cpu":  # as `dlp eval` does
             retain_freed_memory()
         model = family.build_model(model_config).to(device).eval()
+        if args.channels_last and not clip:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
 
         def infer():
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
@@ -91,6 +127,13 @@ def worker(args) -> dict:
 
         result["infer_s"] = _timed(infer, device, args.warmup, args.repeats)
         result["peak_mem_gb"] = _peak_memory_gb(device)
+        result["infer_gflop"] = count_flops(infer) / 1e9
+        result["infer_fraction_of_peak"] = result["infer_gflop"] / statistics.median(result["infer_s"]) / peak
+        if clip:  # video prediction: condition on half the clip, predict as many frames again
+            cond = max(1, clip // 2)
+            horizon = clip - cond
+            rollout_s = _timed(lambda: model.rollout(x, cond, horizon), device, 1, max(1, args.repeats // 2))
+            result["rollout_frames_per_s"] = args.batch_size * horizon / statistics.median(rollout_s)
     return result
 
 
@@ -167,12 +210,13 @@ def _fmt_gb(value: float | None) -> str:
 def _forwarded_options(args) -> list[str]:
     return ["--device", args.device, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--precision", args.precision,
-            "--tmp", args.tmp] + (["--compile"] if args.compile else []) + (["--profile"] if args.profile else [])
+            "--tmp", args.tmp] + (["--compile"] if args.compile else []) + (["--profile"] if args.profile else []) + \
+        ([] if args.channels_last else ["--no-channels-last"])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["shapes", "celeba"])
+    p.add_argument("--presets", nargs="+", default=["shapes", "celeba", "dlpv2-shapes", "ddlp-balls"])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
@@ -180,6 +224,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="inference in NHWC memory format, as training runs (default: on)")
     p.add_argument("--loader-workers", type=int, default=2)
     p.add_argument("--mode", default="all", choices=("all", "train", "infer"))
     p.add_argument("--profile", action="store_true",
@@ -215,11 +261,19 @@ def main() -> None:
                if args.device == "cpu" else torch.cuda.get_device_name(0))
     lines = [f"Device: {args.device} ({machine}); batch {args.batch_size}; precision {args.precision}"
              f"{'; torch.compile' if args.compile else ''}; median (min–max) of {args.repeats} runs.", "",
-             "| preset | train step (s) | peak memory, training (GB) | inference (s) | peak memory, inference (GB) |",
-             "|---|---|---|---|---|"]
+             "| preset | family | train step (s) | GFLOP / step | fraction of matmul peak | peak memory, training (GB) "
+             "| inference (s) | fraction of peak | peak memory, inference (GB) | rollout frames/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
-        lines.append(f"| {row['preset']} | {_fmt(row.get('train_s'))} | {_fmt_gb(row.get('train_mem_gb'))} | "
-                     f"{_fmt(row.get('infer_s'))} | {_fmt_gb(row.get('infer_mem_gb'))} |")
+        fraction = lambda key: f"{row[key]:.2f}" if key in row else "–"  # noqa: E731
+        rollout = f"{row['rollout_frames_per_s']:.1f}" if "rollout_frames_per_s" in row else "–"
+        lines.append(f"| {row['preset']} | {row['family']} | {_fmt(row.get('train_s'))} | "
+                     f"{row.get('train_gflop', float('nan')):.1f} | {fraction('train_fraction_of_peak')} | "
+                     f"{_fmt_gb(row.get('train_mem_gb'))} | {_fmt(row.get('infer_s'))} | "
+                     f"{fraction('infer_fraction_of_peak')} | {_fmt_gb(row.get('infer_mem_gb'))} | {rollout} |")
+    peaks = [row["matmul_peak_gflops"] for row in results if "matmul_peak_gflops" in row]
+    if peaks:
+        lines.append(f"\nMatrix-multiply peak measured in the workers: {min(peaks):.0f}–{max(peaks):.0f} GFLOP/s.")
     profiled = [row for row in results if "profile_ms" in row]
     if profiled:
         groups = list(profiled[0]["profile_ms"])

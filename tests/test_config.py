@@ -9,7 +9,7 @@ import yaml
 
 from dlp.config import ConfigError
 from dlp.models.dlp_v1.config import DLPConfig, DLPTrainConfig
-from dlp.registry import get_preset, list_presets
+from dlp.registry import get_family, get_preset, list_presets
 from tests.conftest import tiny_config
 
 
@@ -165,11 +165,13 @@ PRESET_SIZES = {
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_builds_a_valid_config(name):
     preset = get_preset(name)
+    family = get_family(preset.family)
     cfg = preset.model_config()
-    assert isinstance(cfg, DLPConfig)
-    assert DLPConfig.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(cfg, family.config_class)
+    assert family.config_class.from_dict(cfg.to_dict()) == cfg
     train = preset.train_config()
-    assert isinstance(train, DLPTrainConfig) and train.lr > 0
+    assert isinstance(train, family.train_config_class) and train.lr > 0
+    assert family.train_config_class.from_dict(train.to_dict()) == train
     if name in PRESET_SIZES:
         assert (cfg.is_object_model, cfg.feature_map_size, cfg.glimpse_size, cfg.feature_glimpse_size) == \
             PRESET_SIZES[name]

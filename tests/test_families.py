@@ -113,3 +113,17 @@ def test_toy_family_trains_resumes_and_evaluates_through_the_cli(toy_family, tmp
                  str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert {"elbo/deterministic/elbo", "elbo/deterministic/psnr"} <= set(metrics)  # no particles: no discovery
+
+
+@pytest.mark.parametrize("name", [n for n in dlp.list_presets() if dlp.get_preset(n).family != "dlp"])
+def test_every_preset_of_the_new_families_runs_a_forward_pass(name):
+    """(DLP v1's presets: tests/test_model.py.) One image, or a clip of two frames for video models."""
+    torch.manual_seed(0)
+    model = dlp.create_model(name).eval()
+    cfg = model.config
+    shape = (1, 3, cfg.image_size, cfg.image_size)
+    if dlp.get_preset(name).family == "ddlp":
+        shape = (1, 2, *shape[1:])
+    with torch.no_grad():
+        out = model(torch.rand(shape), deterministic=True)
+    assert out.rec.shape == shape and torch.isfinite(out.rec).all()

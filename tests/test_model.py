@@ -396,7 +396,7 @@ def test_checkpoint_extra_state_must_be_weights_only_loadable(tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Presets
-@pytest.mark.parametrize("name", list_presets())
+@pytest.mark.parametrize("name", list_presets("dlp"))
 def test_every_preset_runs_a_forward_pass(name):
     torch.manual_seed(0)
     model = create_model(name).eval()

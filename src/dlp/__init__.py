@@ -31,6 +31,8 @@ _EXPORTS = {
     "TrainConfig": "dlp.config",
     "resolve_config": "dlp.config",
     "ParticleView": "dlp.models.base",
+    "predict": "dlp.predict",
+    "evaluate_checkpoint": "dlp.evaluation.runner",
     "DLP": "dlp.models.dlp_v1.model",
     "DLPOutput": "dlp.models.dlp_v1.model",
     "Decoded": "dlp.models.dlp_v1.model",

@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("dlp.engine.cli", "train a model (any family: dlp, dlpv2, ddlp)"),
     "eval": ("dlp.evaluation.cli", "evaluate a checkpoint or run directory"),
     "demo": ("dlp.demo.cli", "interactive particle demo (or headless edits with --edit/--save)"),
+    "predict": ("dlp.predict_cli", "video prediction with a DDLP checkpoint, written as GIF/MP4 with trajectories"),
     "prepare": ("dlp.data.cli", "turn videos or frame folders into a frame array for training"),
     "presets": ("dlp.presets_cli", "list the model families and presets with their hyper-parameters"),
     "convert-official": ("dlp.compat.cli", "convert an official state dict into a dlp checkpoint"),

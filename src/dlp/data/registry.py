@@ -297,7 +297,7 @@ for _name, _layout, _preset in (("obj3d", "obj3d", "dlpv2-obj3d"), ("obj3d128", 
     register_dataset(_name, default_preset=_preset, videos=True)(_episode_folders(_name, _layout, None))
 
 
-@register_dataset("balls", objects=True, generated=True, videos=True)
+@register_dataset("balls", default_preset="ddlp-balls-quick", objects=True, generated=True, videos=True)
 def _balls(root: Path | None, *, image_size: int, split: str | None, use_tps: bool, use_pairs: bool, seed: int,
            num_images: int | None, clip_length: int | None = None) -> Dataset:
     """Generated bouncing balls (`dlp.data.balls`): clips with ground truth; single frames with their centres."""

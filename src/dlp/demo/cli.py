@@ -10,6 +10,22 @@ With --edit or --save nothing is shown: the edits are applied and the reconstruc
 Sample images are pre-processed as in the official demo: celeba -> the CelebA face square (rows 30..207 of a
 178x218 image) resized to 160 and cropped 16 px per side (128 px; other model sizes proportionally), traffic -> the
 crop (60, 0, 480, 420) of a 512x512 frame, clevrer -> the whole frame; both resized (bicubic) to the model's size.
+
+A video model (DDLP) is edited on a clip ("what if"): an edit changes a particle in all conditioning frames alike (a
+move shifts its whole conditioning trajectory, so that the dynamics see a consistent motion), and the model rolls out
+from the edited particles (`dlp.demo.clip_state`):
+
+    dlp demo --checkpoint ddlp.pt --video video_10000.mp4 --cond-frames 4 --horizon 20                   # window
+    dlp demo --checkpoint ddlp.pt --data-root clevrer_valid.npy --index 2 --edit "3:dx=0.3" --save what_if.gif
+    dlp demo --checkpoint ddlp.pt -d balls --edit "1:on=0" --save what_if.mp4
+
+Headless (--edit/--save) it writes the video (GIF or MP4 by the extension of --save, default dlp_demo.gif): ground
+truth | the unedited prediction | the edited one, side by side with the particles' trajectories, and the particle
+table (JSON) next to it. The clip comes from --video (pre-processed like the training data, as in `dlp predict`),
+from --data-root with --index N (0-based clip of --split, as `dlp predict` counts), or, with -d alone, from the
+training data recorded in the checkpoint (or a generated dataset). --cond-frames and --horizon default to the
+checkpoint's cond_steps and rollout_horizon. The window shows the first conditioning frame with draggable particles
+and plays the rollout of the edits (Play).
 """
 
 from __future__ import annotations
@@ -24,6 +40,13 @@ import torch
 from dlp.data.common import DatasetError
 
 PREPROCESS = ("auto", "celeba", "traffic", "clevrer", "center")
+
+
+def video_datasets() -> list[str]:
+    """The datasets of video clips (a DDLP's clip can come from them)."""
+    from dlp.data.registry import dataset_info, list_datasets
+
+    return [name for name in list_datasets() if dataset_info(name).videos]
 
 
 def sample_datasets() -> dict[str, str]:
@@ -54,11 +77,26 @@ def configure_parser(subparsers, argv: list[str] | None = None) -> None:
                    "dlp convert-official (the model config is read from it)")
     src = p.add_argument_group("image (one of)")
     src.add_argument("--image", metavar="FILE", help="an image file of yours")
-    src.add_argument("-d", "--dataset", choices=sorted(sample_datasets()),
+    src.add_argument("-d", "--dataset", choices=sorted(set(sample_datasets()) | set(video_datasets())),
                      help="use an official sample image of this dataset (with --image: pre-process the file like "
-                          "this dataset)")
+                          "this dataset); for a video model: the dataset of the clip")
     src.add_argument("-i", "--index", type=int, default=None, metavar="N",
-                     help="the N-th sample image, 1-based (1 = 1.jpg; default 1); clamped to the samples there")
+                     help="the N-th sample image, 1-based (1 = 1.jpg; default 1); clamped to the samples there; for "
+                          "a video model with --data-root: the clip, 0-based (default 0)")
+    clip = p.add_argument_group("clip of a video model (DDLP)")
+    clip.add_argument("--video", metavar="FILE", help="a video file or a folder of frames")
+    clip.add_argument("--data-root", metavar="DIR", help="a prepared .npy frame array or episode folders; the clip "
+                      "is --index")
+    clip.add_argument("--split", choices=("heldout", "train", "valid", "test", "all"), default="heldout",
+                      help="split of --data-root (default: the dataset's held-out split)")
+    clip.add_argument("--cond-frames", type=int, default=None, metavar="C",
+                      help="conditioning frames (default: the checkpoint's cond_steps)")
+    clip.add_argument("--horizon", type=int, default=None, metavar="H",
+                      help="predicted frames (default: the checkpoint's rollout_horizon)")
+    clip.add_argument("--frameskip", type=int, default=None, metavar="N",
+                      help="keep every N-th frame of --video (default: as the training data)")
+    clip.add_argument("--start-frame", type=int, default=None, metavar="N", help="skip the first N frames of --video")
+    clip.add_argument("--fps", type=float, default=8.0, help="frames per second of the video (default 8)")
     p.add_argument("--samples-dir", metavar="DIR", help="folder with celeb/, traffic/, clevrer/ sample images "
                    "(default: $DLP_SAMPLES_DIR, else ../shared/data/samples if it exists)")
     p.add_argument("--preprocess", choices=PREPROCESS, default="auto",
@@ -68,7 +106,8 @@ def configure_parser(subparsers, argv: list[str] | None = None) -> None:
                    help='edit a particle, e.g. "3:dx=0.2,dy=-0.1", "0:x=40,y=12" (pixels), "5:f2=0.5", "2:on=0", '
                         '"bg:f0=1" (background features); repeatable; runs headless')
     p.add_argument("--save", metavar="PNG", help="write the reconstruction here and the particle table next to it "
-                   "(.json); runs headless (default with --edit: dlp_demo.png)")
+                   "(.json); runs headless (default with --edit: dlp_demo.png); for a video model a .gif or .mp4 "
+                   "(default dlp_demo.gif)")
     p.add_argument("--figure", metavar="PNG", help="also render the whole demo figure to this file (headless)")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="hide particles whose confidence (obj_on for object models, -sum logvar for masked ones) "
@@ -161,6 +200,9 @@ def load_image(args: argparse.Namespace, size: int, train_dataset: str | None) -
         if how == "auto":
             how = dataset_preprocess(args.dataset or train_dataset)
     elif args.dataset is not None:
+        if args.dataset not in sample_datasets():
+            raise DemoError(f"dataset {args.dataset!r} has no sample images; use -d "
+                            f"{'|'.join(sorted(sample_datasets()))} or --image FILE.")
         samples = Path(args.samples_dir).expanduser() if args.samples_dir else default_samples_dir()
         if args.samples_dir and not samples.is_dir():
             raise DemoError(f"the samples folder {samples} does not exist; check --samples-dir.")
@@ -210,6 +252,16 @@ def run(args: argparse.Namespace) -> int:
     payload = read_checkpoint(checkpoint, map_location=device)
     payload_dataset = (payload.get("train_config") or {}).get("dataset")
     model = model_from_checkpoint(payload, device, source=checkpoint)
+    from dlp.predict import is_video_model
+
+    if is_video_model(model):
+        return run_clip_demo(args, payload, model, checkpoint, edits)
+    clip_options = ("video", "data_root", "cond_frames", "horizon", "frameskip", "start_frame")
+    given = [f"--{name.replace('_', '-')}" for name in clip_options if getattr(args, name) is not None]
+    if given:
+        raise DemoError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for video models (DDLP), but "
+                        f"{checkpoint.name} holds a {payload.get('arch')!r} model of single images; pass --image FILE "
+                        "or -d DATASET.")
     cfg = model.config
     if cfg.in_channels != 3:
         raise DemoError(f"the demo shows RGB images, but this model has {cfg.in_channels} input channels.")
@@ -235,6 +287,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"figure: {window.save_figure(args.figure)}")
         return 0
 
+    plt = _pyplot(args)
+    from dlp.demo.window import DemoWindow
+
+    window = DemoWindow(state, threshold=args.threshold, title=title)
+    print(f"{title}: {state.n_particles} particles ({'object' if state.is_object_model else 'masked'} model). "
+          "Drag particles, use the sliders; keys: t toggle, r reset, n/p next/previous, s save.", flush=True)
+    window.show()
+    plt.close(window.fig)
+    return 0
+
+
+def _pyplot(args: argparse.Namespace):
+    """matplotlib.pyplot on an interactive backend (--backend, else matplotlib's choice), or a DemoError."""
     import matplotlib
 
     try:
@@ -253,11 +318,64 @@ def run(args: argparse.Namespace) -> int:
         raise DemoError(f"matplotlib has no interactive backend here (it uses {matplotlib.get_backend()}): run it "
                         "where a display is available, install tkinter or PyQt, pass --backend, or work headless "
                         "with --edit/--save/--figure.")
-    from dlp.demo.window import DemoWindow
+    return plt
 
-    window = DemoWindow(state, threshold=args.threshold, title=title)
-    print(f"{title}: {state.n_particles} particles ({'object' if state.is_object_model else 'masked'} model). "
-          "Drag particles, use the sliders; keys: t toggle, r reset, n/p next/previous, s save.", flush=True)
+
+# ----------------------------------------------------------------------------------------------------------------
+# video models: the "what if" demo on a clip
+
+def run_clip_demo(args: argparse.Namespace, payload: dict, model, checkpoint: Path, edits: list) -> int:
+    """`dlp demo` on a video model: edit the conditioning particles of a clip and roll out (`ClipDemoState`)."""
+    from dlp.demo.clip_state import ClipDemoState, ClipDemoWindow
+    from dlp.predict import load_clip, rollout_lengths
+    from dlp.video_io import VIDEO_SUFFIXES
+
+    # argument checks first: nothing is encoded or rolled out for a run that cannot be written
+    if args.image is not None:
+        raise DemoError(f"{checkpoint.name} holds a video model (DDLP), which is edited on a clip: pass --video FILE, "
+                        "--data-root DIR [--index N] or -d DATASET instead of --image.")
+    if args.preprocess != "auto" or args.samples_dir:
+        raise DemoError("--preprocess and --samples-dir are for image models; a video model's --video is "
+                        "pre-processed like its training data (see --frameskip, --start-frame).")
+    if args.video is not None and args.index is not None:
+        raise DemoError("--index picks a clip of --data-root; a --video is read from its start (see --start-frame).")
+    if args.fps <= 0:
+        raise DemoError(f"--fps must be positive, got {args.fps}.")
+    save = Path(args.save or "dlp_demo.gif").expanduser() if (args.save or edits) else None
+    if save is not None and save.suffix.lower() not in VIDEO_SUFFIXES:
+        raise DemoError(f"a video model's demo writes a video: give --save a name ending in .gif or .mp4, not "
+                        f"{save.name}.")
+    train_config = payload.get("train_config") or {}
+    cond_frames, horizon = rollout_lengths(train_config, args.cond_frames, args.horizon)
+    try:
+        clip = load_clip(image_size=model.config.image_size, num_frames=cond_frames + horizon, video=args.video,
+                         data_root=args.data_root, dataset=args.dataset, index=args.index or 0,
+                         split=None if args.split == "all" else args.split, frameskip=args.frameskip,
+                         start_frame=args.start_frame, train_config=train_config)
+    except DatasetError as exc:
+        raise DemoError(str(exc)) from None
+    state = ClipDemoState(model, clip.frames, cond_frames, horizon)
+    for edit in edits:
+        state.apply(edit)
+    title = f"{checkpoint.name} on {clip.source}"
+    threshold = 0.5 if args.threshold is None else args.threshold
+
+    if edits or args.save or args.figure:
+        if save is not None:
+            video = state.save_video(save, fps=args.fps, threshold=threshold)
+            table = state.save_json(save.with_suffix(".json"))
+            print(f"rollout: {video} (ground truth | prediction | what if; {cond_frames} conditioning + {horizon} "
+                  f"predicted frames)\nparticles: {table}")
+        if args.figure:
+            window = ClipDemoWindow(state, threshold=args.threshold, title=title, fps=args.fps, headless=True)
+            print(f"figure: {window.save_figure(args.figure)}")
+        return 0
+
+    plt = _pyplot(args)
+    window = ClipDemoWindow(state, threshold=args.threshold, title=title, fps=args.fps)
+    print(f"{title}: {state.n_particles} particles, {cond_frames} conditioning + {horizon} predicted frames. Drag "
+          "particles (they move in every conditioning frame), then Play; keys: t toggle, r reset, space play.",
+          flush=True)
     window.show()
     plt.close(window.fig)
     return 0

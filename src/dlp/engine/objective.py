@@ -42,6 +42,11 @@ class Objective:
         self.steps_per_epoch: int | None = None  # set by the trainer once its data loader exists
 
     # ------------------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load what the objective needs beyond the configs (e.g. a frozen perceptual network). The trainer calls it
+        once the data are checked, so that missing weights fail before the run directory is made; objectives load
+        lazily otherwise."""
+
     def dataset_options(self) -> dict[str, Any]:
         """Extra keyword arguments of `dlp.data.registry.build_dataset` for this family's items (e.g. clips of a
         given length for a video model); none by default (single images)."""

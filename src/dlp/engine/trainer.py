@@ -178,6 +178,7 @@ class Trainer:
                 f"{train_config.batch_size}; lower --batch_size or add data."
             )
         self.objective.check_item(self.train_dataset[0])
+        self.objective.setup()
         self.run_dir = self._make_run_dir()
         self.eval_fn = eval_fn
 

@@ -12,7 +12,12 @@ that fit its dataset:
 
 * datasets with landmarks (CelebA / MAFL / landmark folders) -> keypoint linear regression (`regression`);
 * datasets with ground-truth objects (random shapes) -> object discovery (`discovery`) and the validation ELBO;
-* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO (`elbo`).
+* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO (`elbo`);
+* video models (DDLP) -> video prediction (`video`: PSNR, SSIM, LPIPS of the rollout per future step, beside the
+  last conditioning frame repeated and the model's reconstruction) and the ELBO on held-out clips, plus ball
+  tracking (`tracking`) on bouncing balls. LPIPS reads the ImageNet VGG16 ($DLP_VGG_WEIGHTS or --vgg-weights, the
+  torch hub cache, a download) and the LPIPS v0.1 vgg.pth (--lpips-weights, $DLP_LPIPS_WEIGHTS, the caches, a
+  download); without them it is skipped with a warning.
 
 The dataset is the one the checkpoint was trained on; a checkpoint that records none (converted official weights)
 takes -d/--dataset and --data-root."""
@@ -36,6 +41,17 @@ def configure_parser(subparsers: Any, argv: list[str] | None = None) -> argparse
     parser.add_argument("--batch-size", "--batch_size", type=int, default=64, help="evaluation batch size")
     parser.add_argument("--num-images", "--num_images", type=int, default=None,
                         help="cap on the images per split (generated data: number of images, default 1000)")
+    parser.add_argument("--cond-frames", "--cond_frames", type=int, default=None,
+                        help="video: conditioning frames of the rollouts (default: the run's cond_steps)")
+    parser.add_argument("--horizon", type=int, default=None,
+                        help="video: predicted frames of the rollouts (default: the run's rollout_horizon)")
+    parser.add_argument("--lpips-weights", "--lpips_weights", default=None,
+                        help="video: the LPIPS v0.1 vgg.pth (default: $DLP_LPIPS_WEIGHTS, the caches, a download)")
+    parser.add_argument("--vgg-weights", "--vgg_weights", default=None,
+                        help="ImageNet VGG16 weights for LPIPS and perceptual losses (default: $DLP_VGG_WEIGHTS, the "
+                             "torch hub cache, a download)")
+    parser.add_argument("--no-lpips", "--no_lpips", dest="lpips", action="store_false",
+                        help="video: skip LPIPS (PSNR and SSIM only)")
     parser.add_argument("--no-untrained-baseline", "--no_untrained_baseline", dest="untrained_baseline",
                         action="store_false", help="skip the regression baseline from a freshly initialised model")
     parser.set_defaults(func=run)
@@ -61,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint(
         args.checkpoint, dataset=args.dataset, data_root=args.data_root, metrics=args.metrics, out=args.out,
         topk=args.topk, device=device, batch_size=args.batch_size, num_images=args.num_images,
-        untrained_baseline=args.untrained_baseline,
+        untrained_baseline=args.untrained_baseline, cond_frames=args.cond_frames, horizon=args.horizon,
+        video_quality=("psnr", "ssim", "lpips") if args.lpips else ("psnr", "ssim"),
+        lpips_weights=args.lpips_weights, vgg_weights=args.vgg_weights,
     )
     print(format_table(results))
     if args.out:

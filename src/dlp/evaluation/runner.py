@@ -2,7 +2,10 @@
 
 * datasets with landmarks (CelebA / MAFL / landmark folders) -> keypoint linear regression (`regression`);
 * datasets with ground-truth objects (random shapes) -> object discovery (`discovery`) and the validation ELBO;
-* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO (`elbo`).
+* anything else (CLEVRER, Traffic, image folders) -> the validation ELBO (`elbo`);
+* video models (DDLP) -> per-step video prediction quality against two baselines (`video`: PSNR, SSIM, LPIPS) and
+  the validation ELBO on held-out clips, plus identity tracking (`tracking`) on video datasets with ground-truth
+  objects (balls); see `dlp.evaluation.video`.
 
 What a dataset has comes from its registry entry (`dlp.data.registry.dataset_info`); the particles come from the
 family's `encode` + `particle_view`, the ELBO from the family's objective.
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-METRICS = ("regression", "discovery", "elbo")
+METRICS = ("regression", "discovery", "elbo", "video", "tracking")
 DEFAULT_GENERATED_IMAGES = 1000
 FIGURE_IMAGES = 8
 
@@ -137,16 +140,35 @@ def build_split(dataset: str, split: str, *, data_root: str | None, image_size: 
 
 
 PARTICLE_METRICS = ("regression", "discovery")  # they read particles: the model needs `particle_view`
+VIDEO_METRICS = ("video", "tracking")  # they roll out: the model needs `rollout`, `encode` and `decode`
+
+
+def carries_identities(dataset: str) -> bool:
+    """Whether the clips of `dataset` carry per-frame ball identities ("positions" [T, N, 2], "ids" [T, N]): a video
+    dataset with ground-truth objects (`DatasetInfo.videos` and `.objects`, i.e. balls) keeps them in its clips."""
+    from dlp.data.registry import dataset_info
+
+    info = dataset_info(dataset)
+    return info.videos and info.objects
+
+
+def _rolls_out(model: torch.nn.Module | None) -> bool:
+    return model is None or all(hasattr(model, name) for name in ("rollout", "encode", "decode"))
 
 
 def default_metrics(dataset: str, model: torch.nn.Module | None = None, *, videos: bool = False) -> list[str]:
     """The metrics `dlp eval` computes when none are requested, from what the dataset has (and, given a model,
     what the model has: models without particles get the validation objective only; video models (`videos`) are
-    evaluated on held-out clips)."""
+    evaluated on held-out clips: video prediction ("video", for models that roll out) and the ELBO, plus "tracking"
+    where the clips carry ball identities (`carries_identities`))."""
     from dlp.data.registry import dataset_info
 
     info = dataset_info(dataset)
-    if videos or (model is not None and not hasattr(model, "particle_view")):
+    if videos:
+        if not _rolls_out(model):
+            return ["elbo"]
+        return ["video", "elbo"] + (["tracking"] if carries_identities(dataset) else [])
+    if model is not None and not hasattr(model, "particle_view"):
         return ["elbo"]
     if info.objects:
         return ["discovery", "elbo"]
@@ -313,13 +335,57 @@ def run_train_config(model: torch.nn.Module, train_config: Any = None, *, datase
 
 
 def evaluation_objective(model: torch.nn.Module, train_config: Any = None, *, dataset: str | None = None,
-                         device: str | torch.device = "cpu"):
+                         device: str | torch.device = "cpu", vgg_weights: str | None = None):
     """The model family's objective for evaluation, with the run's weights (see `run_train_config`); a perceptual
     loss falls back to MSE (with a warning) when its weights are missing."""
     from dlp.registry import family_of
 
     config = run_train_config(model, train_config, dataset=dataset)
-    return family_of(model).objective_class(model.config, config, device=device, fallback_rec_loss=True)
+    return family_of(model).objective_class(model.config, config, device=device, vgg_weights=vgg_weights,
+                                            fallback_rec_loss=True)
+
+
+def run_video(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    cond_frames: int,
+    horizon: int,
+    quality: Sequence[str] = ("psnr", "ssim", "lpips"),
+    tracking: bool = False,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    lpips_weights: str | None = None,
+    vgg_weights: str | None = None,
+    figure_path: str | Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Video prediction quality (`quality` among psnr, ssim, lpips) and/or tracking on held-out clips, in one pass.
+
+    LPIPS needs the ImageNet VGG16 and the LPIPS linear weights (`dlp.evaluation.lpips`); when either is missing it
+    is skipped with a warning (PSNR and SSIM are always computed). Returns (flat metrics, protocol: {"cond_frames",
+    "horizon", "lpips": where its weights came from or why it was skipped}, figures)."""
+    import warnings
+
+    from dlp.evaluation.video import evaluate_video, flat_video_metrics, save_metric_plot
+
+    protocol: dict[str, Any] = {"cond_frames": cond_frames, "horizon": horizon}
+    lpips = None
+    if "lpips" in quality:
+        from dlp.evaluation.lpips import LPIPS
+        from dlp.perceptual import VGGWeightsError
+
+        try:
+            lpips = LPIPS(lpips_weights, vgg_weights or "imagenet")
+            protocol["lpips"] = f"vgg: {lpips.weights_source['vgg']}, linear: {lpips.weights_source['linear']}"
+        except VGGWeightsError as exc:
+            warnings.warn(f"LPIPS skipped: {exc}", stacklevel=2)
+            protocol["lpips"] = f"skipped: {exc}"
+    res = evaluate_video(model, dataset, cond_frames=cond_frames, horizon=horizon, batch_size=batch_size,
+                         device=device, metrics=[m for m in quality if m != "lpips"], lpips=lpips, tracking=tracking)
+    figures: dict[str, str] = {}
+    if figure_path is not None and res["video"] is not None:
+        figures["video"] = str(save_metric_plot(res["video"], figure_path))
+    return flat_video_metrics(res["video"], res["tracking"]), protocol, figures
 
 
 def evaluate_model(
@@ -336,18 +402,27 @@ def evaluate_model(
     num_images: int | None = None,
     untrained_baseline: bool = True,
     figure_path: str | Path | None = None,
+    cond_frames: int | None = None,
+    horizon: int | None = None,
+    video_quality: Sequence[str] = ("psnr", "ssim", "lpips"),
+    lpips_weights: str | None = None,
+    vgg_weights: str | None = None,
+    video_figure_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate an in-memory model; see `evaluate_checkpoint` (which loads the model and calls this).
 
     `objective` (or else `train_config`, a config or dict of the run's settings) supplies the ELBO's weights and the
-    family's dataset options (a video model is evaluated on held-out clips).
+    family's dataset options (a video model is evaluated on held-out clips), and the video protocol's defaults
+    (`cond_steps` conditioning frames, `rollout_horizon` predicted ones). `video_quality` picks the per-frame metrics
+    of "video" (training uses PSNR only).
     """
     from dlp.data.registry import dataset_info
 
     info = dataset_info(dataset)
     image_size = int(model.config.image_size)
     if objective is None:
-        objective = evaluation_objective(model, train_config, dataset=dataset, device=device)
+        objective = evaluation_objective(model, train_config, dataset=dataset, device=device,
+                                         vgg_weights=vgg_weights)
     options = objective.dataset_options()  # e.g. clips for a video model
     if metrics is None:
         metrics = default_metrics(dataset, model, videos="clip_length" in options)
@@ -361,6 +436,13 @@ def evaluate_model(
     if "discovery" in metrics and not info.objects:
         raise EvaluationError(f"object discovery needs ground-truth objects, which dataset {dataset!r} does not have; "
                               "drop 'discovery' from the metrics.")
+    needs_rollout = [m for m in metrics if m in VIDEO_METRICS]
+    if needs_rollout and not (_rolls_out(model) and info.videos):
+        raise EvaluationError(f"{needs_rollout} roll out video predictions, which needs a video model (e.g. DDLP) on a "
+                              f"video dataset; got a {type(model).__name__} on {dataset!r}.")
+    if "tracking" in metrics and not carries_identities(dataset):
+        raise EvaluationError(f"tracking needs clips with ball identities, which dataset {dataset!r} does not have; "
+                              "drop 'tracking' from the metrics.")
     if "regression" in metrics and not info.landmarks:
         raise EvaluationError(f"keypoint regression needs landmarks, which dataset {dataset!r} does not have; "
                               "drop 'regression' from the metrics.")
@@ -388,6 +470,25 @@ def evaluate_model(
         elbo = run_elbo(model, eval_set, objective, batch_size=batch_size, device=device)
         flat.update({f"elbo/{k}": v for k, v in elbo.items()})
         results["elbo_rec_loss"] = getattr(objective, "rec_loss_name", "mse")
+    if needs_rollout:
+        tcfg = objective.train_config
+        cond_frames = getattr(tcfg, "cond_steps", None) if cond_frames is None else cond_frames
+        horizon = getattr(tcfg, "rollout_horizon", None) if horizon is None else horizon
+        if cond_frames is None or horizon is None:
+            raise EvaluationError("the run records no rollout protocol (cond_steps, rollout_horizon); pass "
+                                  "--cond-frames and --horizon.")
+        cond_frames, horizon = int(cond_frames), int(horizon)
+        eval_set = build_split(dataset, info.heldout_split, **heldout, clip_length=cond_frames + horizon)
+        video, protocol, figs = run_video(
+            model, eval_set, cond_frames=cond_frames, horizon=horizon,
+            quality=video_quality if "video" in metrics else (), tracking="tracking" in metrics,
+            batch_size=batch_size, device=device, lpips_weights=lpips_weights, vgg_weights=vgg_weights,
+            figure_path=video_figure_path,
+        )
+        flat.update(video)
+        if "video" in metrics:
+            results["video"] = protocol
+        results["figures"].update(figs)
     return results
 
 
@@ -407,6 +508,11 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     num_images: int | None = None,
     untrained_baseline: bool = True,
+    cond_frames: int | None = None,
+    horizon: int | None = None,
+    video_quality: Sequence[str] = ("psnr", "ssim", "lpips"),
+    lpips_weights: str | None = None,
+    vgg_weights: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint and evaluate it with the metrics that fit its dataset.
 
@@ -416,17 +522,25 @@ def evaluate_checkpoint(
         dataset: the dataset to evaluate on (default: the one the checkpoint records; required for checkpoints that
             record none, e.g. converted official weights without a preset).
         data_root: dataset location (default: the one recorded with the checkpoint's dataset).
-        metrics: subset of ('regression', 'discovery', 'elbo'); default: by dataset (see the module docstring).
-        out: write the results as JSON there; the landmark figure goes next to it (`<stem>_landmarks.png`).
+        metrics: subset of ('regression', 'discovery', 'elbo', 'video', 'tracking'); default: by dataset (see the
+            module docstring).
+        out: write the results as JSON there; the figures go next to it (`<stem>_landmarks.png`,
+            `<stem>_video.png`: the video metrics against the future step).
         topk: size of the confident-particle selection (regression top-k, discovery for masked models).
         device: torch device for the model.
         batch_size: evaluation batch size.
         num_images: cap on the images per split (landmarks, ELBO); number of generated images (default 1000).
         untrained_baseline: also regress from a freshly initialised model of the same architecture.
+        cond_frames, horizon: the video protocol (default: the run's `cond_steps` and `rollout_horizon`).
+        video_quality: the per-frame video metrics (psnr, ssim, lpips).
+        lpips_weights: the LPIPS linear weights (default: $DLP_LPIPS_WEIGHTS, the caches, a download; LPIPS is
+            skipped with a warning when unavailable); vgg_weights: the ImageNet VGG16 file (default
+            $DLP_VGG_WEIGHTS, the torch hub cache, a download).
 
     Returns:
-        {"checkpoint", "dataset", "metrics": {flat name -> float}, "figures": {name -> path}}; regression errors are
-        fractions of the inter-ocular distance (`format_table` shows them in %).
+        {"checkpoint", "dataset", "metrics": {flat name -> float, or list over future steps for "video.*"},
+        "figures": {name -> path}, and for video models "video": {"cond_frames", "horizon", "lpips"}}; regression
+        errors are fractions of the inter-ocular distance (`format_table` shows them in %).
     """
     from dlp.checkpoint import model_from_checkpoint, read_checkpoint, resolve_checkpoint_path
 
@@ -447,14 +561,16 @@ def evaluate_checkpoint(
         data_root = train_config.get("data_root")
     train_config["dataset"] = dataset
     train_config["data_root"] = data_root
-    figure_path = None
+    figure_path = video_figure_path = None
     if out is not None:
         out = Path(out)
         figure_path = out.with_name(f"{out.stem}_landmarks.png")
+        video_figure_path = out.with_name(f"{out.stem}_video.png")
     results = evaluate_model(
         model, dataset=dataset, data_root=data_root, metrics=metrics, train_config=train_config, topk=topk,
         device=device, batch_size=batch_size, num_images=num_images, untrained_baseline=untrained_baseline,
-        figure_path=figure_path,
+        figure_path=figure_path, cond_frames=cond_frames, horizon=horizon, video_quality=video_quality,
+        lpips_weights=lpips_weights, vgg_weights=vgg_weights, video_figure_path=video_figure_path,
     )
     results = {"checkpoint": str(path), **results}
     if out is not None:
@@ -464,24 +580,31 @@ def evaluate_checkpoint(
 
 
 def format_table(results: Mapping[str, Any]) -> str:
-    """A two-column text table; regression errors are shown in % of the inter-ocular distance."""
+    """A two-column text table; regression errors are shown in % of the inter-ocular distance, per-step lists (video
+    metrics) as their mean and their last step."""
     metrics = results.get("metrics", results)
     rows = []
     for key, value in metrics.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+            rows.append((key, f"{sum(value) / len(value):.4f} (mean), {value[-1]:.4f} (step {len(value)})"))
+            continue
         if not isinstance(value, (int, float)):
             continue
         if key.startswith("regression/"):
             text = f"{100 * value:.2f} %"
-        elif key.endswith(("num_images", "num_objects", "num_detections")):
+        elif key.endswith(("num_images", "num_objects", "num_detections", "num_clips", "num_balls")):
             text = f"{int(value)}" if math.isfinite(value) else str(value)
         else:
             text = f"{value:.4f}"
         rows.append((key, text))
     width = max((len(k) for k, _ in rows), default=6)
     header = []
-    for name in ("checkpoint", "dataset", "elbo_rec_loss"):
+    for name in ("checkpoint", "dataset", "elbo_rec_loss", "video"):
         if name in results:
-            header.append(f"{name}: {results[name]}")
+            value = results[name]
+            if isinstance(value, Mapping):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            header.append(f"{name}: {value}")
     lines = header + [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     for name, path in (results.get("figures") or {}).items():

@@ -4,6 +4,10 @@ What is measured follows the dataset's registry entry, for every model family:
 
 * ground-truth objects (shapes): object discovery on held-out generated images; score = 1 - F1 at 4 px.
 * landmarks (faces): keypoint regression (fair protocol, particle means); score = that error.
+* video models (DDLP): the validation objective (on 64 clips), and the PSNR of deterministic rollouts of a few
+  held-out clips (the run's `cond_steps` + `rollout_horizon` frames; no SSIM or LPIPS, to stay cheap) beside the
+  last-frame and reconstruction baselines, plus ball tracking on clips with identities; score = - the model's mean
+  PSNR. Per-step lists are logged as their means: "eval/video/psnr/model", "eval/video/psnr/last_frame", ...
 * everything else: the family's deterministic validation objective; score = that objective.
 """
 
@@ -16,6 +20,8 @@ import torch
 from dlp.evaluation.runner import default_metrics, evaluate_model
 
 TRAINING_EVAL_IMAGES = 512  # enough for stable numbers, small enough to cost seconds on a CPU
+TRAINING_ELBO_CLIPS = 64  # video models: clips of timestep_horizon + 1 frames, about as many frames as 512 images
+TRAINING_VIDEO_CLIPS = 16  # rollouts are sequential over frames: a few clips keep the evaluation cheap
 
 
 def evaluate_during_training(model: torch.nn.Module, objective: Any, *, device: str | torch.device = "cpu"
@@ -25,11 +31,26 @@ def evaluate_during_training(model: torch.nn.Module, objective: Any, *, device: 
     metrics = default_metrics(tcfg.dataset, model, videos="clip_length" in objective.dataset_options())
     if "discovery" in metrics:
         metrics = ["discovery"]
-    results = evaluate_model(model, dataset=tcfg.dataset, data_root=tcfg.data_root, metrics=metrics,
-                             objective=objective, topk=getattr(tcfg, "topk", 10), device=device,
-                             num_images=TRAINING_EVAL_IMAGES, untrained_baseline=False)
-    flat = {f"eval/{k}": float(v) for k, v in results["metrics"].items() if isinstance(v, (int, float))}
-    if "discovery" in metrics:
+    video = [m for m in metrics if m in ("video", "tracking")]
+    metrics = [m for m in metrics if m not in video]
+    common = {"dataset": tcfg.dataset, "data_root": tcfg.data_root, "objective": objective, "device": device}
+    found: dict[str, Any] = {}
+    if metrics:
+        found.update(evaluate_model(model, metrics=metrics, topk=getattr(tcfg, "topk", 10),
+                                    num_images=TRAINING_ELBO_CLIPS if video else TRAINING_EVAL_IMAGES,
+                                    untrained_baseline=False, **common)["metrics"])
+    if video:
+        found.update(evaluate_model(model, metrics=video, num_images=TRAINING_VIDEO_CLIPS, video_quality=("psnr",),
+                                    **common)["metrics"])
+    flat = {}
+    for key, value in found.items():
+        if isinstance(value, (list, tuple)) and value:  # per-step video metrics -> their mean
+            flat[f"eval/{key.replace('.', '/')}"] = float(sum(value) / len(value))
+        elif isinstance(value, (int, float)):
+            flat[f"eval/{key}"] = float(value)
+    if "video" in video:
+        score = -flat["eval/video/psnr/model"]
+    elif "discovery" in metrics:
         score = 1.0 - flat["eval/discovery/f1@4"]
     elif "regression" in metrics:
         score = flat["eval/regression/fair/mu"]

@@ -20,7 +20,7 @@ class DDLPObjective(DLPv2Objective):
     loss_names: ClassVar[tuple[str, ...]] = ("loss", "rec", "kl", "kl_dyn", "kl_kp", "kl_feat", "kl_obj_on",
                                              "kl_scale", "kl_depth", "obj_on_l1", "psnr")
     headline_metrics: ClassVar[tuple[str, ...]] = ("psnr/model", "psnr/last_frame", "tracking/posterior",
-                                                   "elbo/psnr")
+                                                   "tracking/rollout")
 
     @property
     def clip_length(self) -> int:

@@ -11,6 +11,7 @@ epoch. The extension costs of `DLPTrainConfig.extensions` apply in the normal ph
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -94,16 +95,28 @@ class DLPObjective(Objective):
     """The DLP v1 training objective (see the module docstring)."""
 
     loss_names: ClassVar[tuple[str, ...]] = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread")
-    headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "fair/mu", "official/mu", "elbo/elbo",
-                                                   "elbo/psnr")
+    headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "fair/mu", "official/mu",
+                                                   "deterministic/elbo", "deterministic/psnr")
 
-    def __init__(self, model_config, train_config, **kwargs):
-        super().__init__(model_config, train_config, **kwargs)
+    @cached_property
+    def _reconstruction(self):
         from dlp.perceptual import reconstruction_loss
 
-        self.rec_loss, self.rec_loss_name = reconstruction_loss(
-            train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
-            fallback_to_mse=self.fallback_rec_loss)
+        return reconstruction_loss(self.train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
+                                   fallback_to_mse=self.fallback_rec_loss)
+
+    @cached_property
+    def rec_loss(self):
+        """The per-image reconstruction loss `(x, rec) -> [B]`, None for the summed squared error (loaded on first
+        use: a perceptual network)."""
+        return self._reconstruction[0]
+
+    @property
+    def rec_loss_name(self) -> str:
+        return self._reconstruction[1]
+
+    def setup(self) -> None:
+        self.rec_loss  # noqa: B018  (missing VGG weights fail now, before the run starts)
 
     # ------------------------------------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ then "normal". Every forward pass samples (`deterministic=False`), as officially
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -22,16 +23,32 @@ class DLPv2Objective(Objective):
 
     loss_names: ClassVar[tuple[str, ...]] = ("loss", "rec", "kl", "kl_kp", "kl_feat", "kl_obj_on", "kl_scale",
                                              "kl_depth", "obj_on_l1", "psnr")
-    headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "box_f1@0.5", "elbo/psnr")
+    headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "box_f1@0.5", "deterministic/psnr")
 
     def __init__(self, model_config, train_config, **kwargs):
         super().__init__(model_config, train_config, **kwargs)
+        self.priors = prior_constants(model_config)
+
+    @cached_property
+    def _reconstruction(self):
         from dlp.perceptual import DDLP_FEATURE_WEIGHT, reconstruction_loss
 
-        self.rec_loss, self.rec_loss_name = reconstruction_loss(
-            train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
-            fallback_to_mse=self.fallback_rec_loss, imagenet_normalize=True, feature_weight=DDLP_FEATURE_WEIGHT)
-        self.priors = prior_constants(model_config)
+        return reconstruction_loss(self.train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
+                                   fallback_to_mse=self.fallback_rec_loss, imagenet_normalize=True,
+                                   feature_weight=DDLP_FEATURE_WEIGHT)
+
+    @cached_property
+    def rec_loss(self):
+        """The per-image reconstruction loss `(x, rec) -> [B]`, None for the summed squared error (loaded on first
+        use: a perceptual network)."""
+        return self._reconstruction[0]
+
+    @property
+    def rec_loss_name(self) -> str:
+        return self._reconstruction[1]
+
+    def setup(self) -> None:
+        self.rec_loss  # noqa: B018  (missing VGG weights fail now, before the run starts)
 
     def phase(self, epoch: int) -> str:
         warmup_epoch = self.train_config.warmup_epoch

@@ -70,40 +70,96 @@ def count_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def worker(args) -> dict:
+class Workload:
+    """One benchmarked call: `fn()` runs a training step or a deterministic forward pass of a preset at a batch size."""
+
+    def __init__(self, fn, device, *, clip: int | None, x, model, trainer=None):
+        self.fn, self.device, self.clip, self.x, self.model, self.trainer = fn, device, clip, x, model, trainer
+
+
+def make_workload(preset_name: str, mode: str, *, batch_size: int = 32, device: str = "cpu", precision: str = "fp32",
+                  compile: bool = False, channels_last: bool = True, fused_inference: bool = False,
+                  tmp: str = "/tmp/dlp-bench") -> Workload:
+    """The benchmark's workload for `mode` 'train' (the engine's `Trainer.train_step` in the normal phase, MSE
+    reconstruction) or 'infer' (deterministic forward without gradients, eval mode), on random inputs.
+
+    `fused_inference` runs inference through `fuse_for_inference` (BatchNorm folded into the convolutions, fused
+    convolution + activation kernels) where the family has it."""
     import torch
 
     from dlp.engine.trainer import RunOptions, Trainer
     from dlp.registry import get_family, get_preset
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    device = torch.device("cuda" if args.device == "cuda" else "cpu")
-    preset = get_preset(args.worker)
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    preset = get_preset(preset_name)
     family = get_family(preset.family)
     model_config = preset.model_config()
-    overrides = {"batch_size": args.batch_size}
+    overrides = {"batch_size": batch_size}
     if "rec_loss_function" in family.train_config_class.field_names():  # no ImageNet weights needed
         overrides["rec_loss_function"] = "mse"
     train_config = preset.train_config(**overrides)
     objective = family.objective_class(model_config, train_config)
     size = model_config.image_size
     clip = objective.dataset_options().get("clip_length")
-    shape = (args.batch_size, clip, 3, size, size) if clip else (args.batch_size, 3, size, size)
+    shape = (batch_size, clip, 3, size, size) if clip else (batch_size, 3, size, size)
     key = "video" if clip else "image"
-    x = torch.rand(*shape, device=device)
-    result = {"preset": args.worker, "family": preset.family}
+    x = torch.rand(*shape, device=dev)
+
+    if mode == "train":
+        dataset = [{key: torch.rand(*shape[1:])} for _ in range(batch_size)]
+        name = f"{preset_name}-{time.time_ns()}"
+        trainer = Trainer(model_config, train_config,
+                          RunOptions(output_dir=str(Path(tmp) / "runs"), name=name, device=device,
+                                     precision=precision, compile=compile, progress=False,
+                                     channels_last=channels_last),
+                          train_dataset=dataset, eval_fn=lambda *a, **k: {})
+        batch = {key: x}
+        return Workload(lambda: trainer.train_step(batch, "normal"), dev, clip=clip, x=x, model=trainer.model,
+                        trainer=trainer)
+
+    from dlp.engine.allocator import retain_freed_memory
+
+    if dev.type == "cpu":  # as `dlp eval` does
+        retain_freed_memory()
+    model = family.build_model(model_config).to(dev).eval()
+    if channels_last and not clip:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if fused_inference:
+        if not hasattr(model, "fuse_for_inference"):
+            raise SystemExit(f"--fused-inference: the {preset.family!r} family has no fused inference path")
+        model = model.fuse_for_inference()
+
+    def infer():
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            model(x, deterministic=True)
+
+    return Workload(infer, dev, clip=clip, x=x, model=model)
+
+
+def worker(args) -> dict:
+    import torch
+
+    from dlp.registry import get_preset
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    workload = make_workload(args.worker, args.mode, batch_size=args.batch_size, device=args.device,
+                             precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+                             fused_inference=args.fused_inference, tmp=args.tmp)
+    device = workload.device
+    result = {"preset": args.worker, "family": get_preset(args.worker).family}
     peak = matmul_peak_gflops(device)
     result["matmul_peak_gflops"] = peak
 
     if args.mode == "train":
-        dataset = [{key: torch.rand(*shape[1:])} for _ in range(args.batch_size)]
-        trainer = Trainer(model_config, train_config,
-                          RunOptions(output_dir=str(Path(args.tmp) / "runs"), name=args.worker, device=args.device,
-                                     precision=args.precision, compile=args.compile, progress=False),
-                          train_dataset=dataset, eval_fn=lambda *a, **k: {})
-        batch = {key: x}
-        step = lambda: trainer.train_step(batch, "normal")  # noqa: E731
+        step = workload.fn
+        if args.compile:  # compilation happens at the first call: time it apart from the steps
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            result["compile_s"] = time.perf_counter() - start
+            result["compiled"] = workload.trainer.forward_model is not workload.trainer.model
         times = _timed(step, device, args.warmup, args.repeats)
         result["train_s"] = times
         result["peak_mem_gb"] = _peak_memory_gb(device)  # before profiling, which keeps its own records
@@ -112,26 +168,16 @@ def worker(args) -> dict:
         if args.profile:
             result["profile_ms"] = _profile_step(step)
     else:
-        from dlp.engine.allocator import retain_freed_memory
-
-        if device.type == "cpu":  # as `dlp eval` does
-            retain_freed_memory()
-        model = family.build_model(model_config).to(device).eval()
-        if args.channels_last and not clip:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def infer():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-                model(x, deterministic=True)
-
+        infer = workload.fn
         result["infer_s"] = _timed(infer, device, args.warmup, args.repeats)
         result["peak_mem_gb"] = _peak_memory_gb(device)
         result["infer_gflop"] = count_flops(infer) / 1e9
         result["infer_fraction_of_peak"] = result["infer_gflop"] / statistics.median(result["infer_s"]) / peak
+        clip = workload.clip
         if clip:  # video prediction: condition on half the clip, predict as many frames again
             cond = max(1, clip // 2)
             horizon = clip - cond
+            model, x = workload.model, workload.x
             rollout_s = _timed(lambda: model.rollout(x, cond, horizon), device, 1, max(1, args.repeats // 2))
             result["rollout_frames_per_s"] = args.batch_size * horizon / statistics.median(rollout_s)
     return result
@@ -211,7 +257,7 @@ def _forwarded_options(args) -> list[str]:
     return ["--device", args.device, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
             "--warmup", str(args.warmup), "--repeats", str(args.repeats), "--precision", args.precision,
             "--tmp", args.tmp] + (["--compile"] if args.compile else []) + (["--profile"] if args.profile else []) + \
-        ([] if args.channels_last else ["--no-channels-last"])
+        ([] if args.channels_last else ["--no-channels-last"]) + (["--fused-inference"] if args.fused_inference else [])
 
 
 def main() -> None:
@@ -225,7 +271,10 @@ def main() -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="inference in NHWC memory format, as training runs (default: on)")
+                   help="NHWC memory format for training and inference (default: on, as the trainer)")
+    p.add_argument("--fused-inference", action="store_true",
+                   help="inference through model.fuse_for_inference(): BatchNorm folded into the convolutions, "
+                        "convolution + activation fused (v1 models)")
     p.add_argument("--loader-workers", type=int, default=2)
     p.add_argument("--mode", default="all", choices=("all", "train", "infer"))
     p.add_argument("--profile", action="store_true",
@@ -260,7 +309,8 @@ def main() -> None:
     machine = (f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
                if args.device == "cpu" else torch.cuda.get_device_name(0))
     lines = [f"Device: {args.device} ({machine}); batch {args.batch_size}; precision {args.precision}"
-             f"{'; torch.compile' if args.compile else ''}; median (min–max) of {args.repeats} runs.", "",
+             f"{'; torch.compile' if args.compile else ''}{'; fused inference' if args.fused_inference else ''}"
+             f"; median (min–max) of {args.repeats} runs.", "",
              "| preset | family | train step (s) | GFLOP / step | fraction of matmul peak | peak memory, training (GB) "
              "| inference (s) | fraction of peak | peak memory, inference (GB) | rollout frames/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -271,6 +321,10 @@ def main() -> None:
                      f"{row.get('train_gflop', float('nan')):.1f} | {fraction('train_fraction_of_peak')} | "
                      f"{_fmt_gb(row.get('train_mem_gb'))} | {_fmt(row.get('infer_s'))} | "
                      f"{fraction('infer_fraction_of_peak')} | {_fmt_gb(row.get('infer_mem_gb'))} | {rollout} |")
+    for row in results:
+        if "compile_s" in row:
+            state = "compiled" if row.get("compiled") else "fell back to eager mode"
+            lines.append(f"\n{row['preset']}: first (compiling) training step {row['compile_s']:.1f} s, {state}.")
     peaks = [row["matmul_peak_gflops"] for row in results if "matmul_peak_gflops" in row]
     if peaks:
         lines.append(f"\nMatrix-multiply peak measured in the workers: {min(peaks):.0f}–{max(peaks):.0f} GFLOP/s.")

@@ -16,10 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
+import dlp
 from dlp.checkpoint import save_checkpoint
 from dlp.cli import main
 from dlp.demo import DemoController, DemoState, EditError, parse_edit
-from dlp.demo.cli import preprocess, sample_path
+from dlp.demo.cli import default_samples_dir, packaged_samples_dir, preprocess, sample_path
 from dlp.models.dlp_v1.model import DLP
 from tests.conftest import DATA_DIR, REPO, tiny_config
 
@@ -290,6 +291,46 @@ def test_cli_headless_on_celeb_sample(tmp_path, checkpoints):
                str(SAMPLES), "--edit", "3:x=5,y=6", "--save", str(tmp_path / "same.png"), "--device", "cpu"])
     assert rc == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(tmp_path / "same.png")))
+
+
+@pytest.mark.parametrize("dataset, index, name", [("celeba", 2, "2.jpg"), ("traffic", 1, "1.webp"),
+                                                  ("clevrer", 2, "2.webp")])
+def test_cli_on_the_packaged_samples_from_an_empty_directory(tmp_path, checkpoints, monkeypatch, dataset, index, name):
+    """No $DLP_SAMPLES_DIR, no ../shared: the sample images shipped in the package are used."""
+    work = tmp_path / "empty"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("DLP_SAMPLES_DIR", raising=False)
+    packaged = packaged_samples_dir()
+    assert packaged is not None and default_samples_dir() == packaged
+    assert packaged.is_relative_to(Path(dlp.__file__).parent)  # inside the package, not ../shared
+    folder = {"celeba": "celeb"}.get(dataset, dataset)
+    assert sample_path(packaged, dataset, index) == packaged / folder / name
+    rc = main(["demo", "--checkpoint", str(checkpoints["masked"]), "-d", dataset, "-i", str(index), "--save",
+               "out.png", "--device", "cpu"])
+    assert rc == 0
+    with Image.open(work / "out.png") as im:
+        assert im.size == (32, 32)
+    assert sorted(p.name for p in work.iterdir()) == ["out.json", "out.png"]
+
+
+def test_samples_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLP_SAMPLES_DIR", str(tmp_path))
+    assert default_samples_dir() == tmp_path
+    monkeypatch.delenv("DLP_SAMPLES_DIR")
+    assert default_samples_dir() == packaged_samples_dir()
+
+
+def test_packaged_samples_are_the_official_pixels():
+    if not SAMPLES.is_dir():
+        pytest.skip(f"the official sample images are not in {SAMPLES}")
+    packaged = packaged_samples_dir()
+    files = sorted(p.relative_to(packaged) for p in packaged.glob("*/*"))
+    assert len(files) == 7 and sum((packaged / f).stat().st_size for f in files) < 500_000
+    for rel in files:
+        original = next((SAMPLES / rel.parent).glob(f"{rel.stem}.*"))
+        with Image.open(packaged / rel) as a, Image.open(original) as b:
+            assert np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB"))), rel
 
 
 def test_sample_selection_and_preprocessing(tmp_path, capsys):

@@ -4,7 +4,6 @@ checkpoints through `dlp convert-official` / `dlp export-official`, and `dlp dem
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,6 +5,7 @@
 >>> model = dlp.create_model("shapes")               # a paper preset (or a family name)
 >>> particles = model.encode(images)                 # the posterior particles
 >>> dlp.save_checkpoint("model.pt", model); model = dlp.load_checkpoint("model.pt")
+>>> model.save_pretrained("my-dlp"); model = dlp.from_pretrained("my-dlp")   # or a Hub repository id "org/name"
 
 Names are imported on first use, so `import dlp` (and the `dlp` command's help) does not load torch.
 """
@@ -27,6 +28,9 @@ _EXPORTS = {
     "Preset": "dlp.registry",
     "load_checkpoint": "dlp.checkpoint",
     "save_checkpoint": "dlp.checkpoint",
+    "from_pretrained": "dlp.pretrained",
+    "save_pretrained": "dlp.pretrained",
+    "push_to_hub": "dlp.pretrained",
     "ConfigError": "dlp.config",
     "TrainConfig": "dlp.config",
     "resolve_config": "dlp.config",

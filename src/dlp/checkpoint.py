@@ -75,8 +75,13 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: An
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory of `dlp train` (its best.pt, else its last.pt)."""
+    """A checkpoint file, a run directory of `dlp train` (its best.pt, else its last.pt), or a `save_pretrained`
+    folder (returned as it is)."""
+    from dlp.pretrained import is_pretrained_folder
+
     path = Path(path).expanduser()
+    if is_pretrained_folder(path):
+        return path
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             for candidate in (path / "checkpoints" / name, path / name):
@@ -93,9 +98,14 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict, validated; raises `CheckpointError` for missing, corrupt or foreign files.
 
-    `path` is a .pt file or a run directory (its best.pt, else last.pt). Checkpoints without "arch" are DLP v1's.
+    `path` is a .pt file, a run directory (its best.pt, else last.pt) or a `save_pretrained` folder. Checkpoints
+    without "arch" are DLP v1's.
     """
     path = resolve_checkpoint_path(path)
+    if path.is_dir():
+        from dlp.pretrained import read_pretrained
+
+        return read_pretrained(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated or non-torch files

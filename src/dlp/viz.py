@@ -31,6 +31,7 @@ __all__ = [
     "nms",
     "draw_boxes",
     "make_grid",
+    "label_rows",
     "save_image",
     "plot_loss_curves",
 ]
@@ -282,12 +283,18 @@ def draw_boxes(
     return torch.cat(result, dim=0) if result else out
 
 
-def make_grid(rows: Sequence[torch.Tensor], pad_value: float = 1.0, padding: int = 2) -> torch.Tensor:
+def make_grid(rows: Sequence[torch.Tensor], pad_value: float = 1.0, padding: int = 2,
+              labels: Sequence[str] | None = None) -> torch.Tensor:
     """Tile rows of images (each [b, C, H, W], C in {1, 3}, same H, W) into one image [3, H', W'].
 
     Row r holds the images of `rows[r]` from left to right; shorter rows are filled with `pad_value`; `padding`
-    pixels of `pad_value` separate the tiles (as torchvision's make_grid with nrow = the longest row).
+    pixels of `pad_value` separate the tiles (as torchvision's make_grid with nrow = the longest row). `labels` (one
+    per row) are written in a column on the left (`label_rows`).
     """
+    if labels is not None:
+        grid = make_grid(rows, pad_value, padding)
+        h = next(r for r in rows if r is not None).shape[-2]
+        return label_rows(grid, labels, row_height=h, padding=padding)
     rows = [_as_rgb(r) for r in rows if r is not None]
     if not rows:
         raise ValueError("make_grid needs at least one row of images.")
@@ -304,6 +311,24 @@ def make_grid(rows: Sequence[torch.Tensor], pad_value: float = 1.0, padding: int
             top, left = padding + i * (h + padding), padding + j * (w + padding)
             grid[:, top : top + h, left : left + w] = row[j].to(device)
     return grid
+
+
+def label_rows(grid: torch.Tensor, labels: Sequence[str], *, row_height: int, padding: int = 2) -> torch.Tensor:
+    """A grid of `make_grid` [3, H', W'] with a white column on the left naming each row (black text, PIL's bitmap
+    font, vertically centred on the row)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max((probe.textbbox((0, 0), text)[2] for text in labels), default=0) + 2 * padding + 2
+    column = Image.new("RGB", (width, grid.shape[-2]), "white")
+    draw = ImageDraw.Draw(column)
+    for i, text in enumerate(labels):
+        top = padding + i * (row_height + padding)
+        text_height = probe.textbbox((0, 0), text)[3]
+        draw.text((padding + 1, top + (row_height - text_height) // 2), text, fill="black")
+    label_tensor = torch.from_numpy(np.asarray(column).copy()).permute(2, 0, 1).float() / 255.0
+    return torch.cat([label_tensor.to(grid.device, grid.dtype), grid], dim=-1)
 
 
 def save_image(tensor: torch.Tensor, path: str | os.PathLike) -> Path:

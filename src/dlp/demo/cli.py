@@ -98,7 +98,7 @@ def configure_parser(subparsers, argv: list[str] | None = None) -> None:
     clip.add_argument("--start-frame", type=int, default=None, metavar="N", help="skip the first N frames of --video")
     clip.add_argument("--fps", type=float, default=8.0, help="frames per second of the video (default 8)")
     p.add_argument("--samples-dir", metavar="DIR", help="folder with celeb/, traffic/, clevrer/ sample images "
-                   "(default: $DLP_SAMPLES_DIR, else ../shared/data/samples if it exists)")
+                   "(default: $DLP_SAMPLES_DIR, else the official samples shipped with the package)")
     p.add_argument("--preprocess", choices=PREPROCESS, default="auto",
                    help="pre-processing of --image: auto (from -d or the checkpoint's training dataset, else center), "
                         "celeba, traffic, clevrer, center (centre square crop)")
@@ -121,16 +121,23 @@ def configure_parser(subparsers, argv: list[str] | None = None) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # images
 
+def packaged_samples_dir() -> Path | None:
+    """The official sample images shipped inside the package (celeb/1-4, clevrer/1-2, traffic/1)."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("dlp.demo") / "samples"
+    except (ModuleNotFoundError, TypeError):
+        return None
+    return folder if isinstance(folder, Path) and folder.is_dir() else None  # a real folder in any pip install
+
+
 def default_samples_dir() -> Path | None:
-    """$DLP_SAMPLES_DIR, else ../shared/data/samples (from the working directory, then from the repository)."""
+    """$DLP_SAMPLES_DIR, else the sample images shipped in the package (found from any working directory)."""
     env = os.environ.get("DLP_SAMPLES_DIR")
     if env:
         return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[3]  # src/dlp/demo/cli.py -> repository root (editable installs)
-    for candidate in (Path.cwd().parent / "shared" / "data" / "samples", repo.parent / "shared" / "data" / "samples"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    return packaged_samples_dir()
 
 
 def sample_path(samples_dir: Path | None, dataset: str, index: int | None) -> Path:

@@ -101,11 +101,16 @@ class DDLPTrainConfig(DLPv2TrainConfig):
     beta_kl: float = option(0.1, "weight of the static KL terms (first num_static_frames frames)", flags=("-k",))
     beta_dyn: float = option(0.1, "weight of the dynamics KL against PINT's predictions")
     beta_dyn_rec: float = option(1.0, "extra weight of the reconstruction of the frames after num_static_frames")
+    discount_steps: int = option(10000, "the dynamics KL of future frame i is phased in over (i + 1) / timestep_horizon "
+                                        "x max(discount_steps, steps per epoch) x max(warmup_epoch, 1) steps "
+                                        "(official: 10000)")
     cond_steps: int = option(10, "conditioning frames of the rollouts of evaluation and figures")
     rollout_horizon: int = option(10, "predicted frames of the rollouts of evaluation and figures")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.discount_steps < 1:
+            raise ConfigError(f"discount_steps must be a positive number of steps, got {self.discount_steps}.")
         if self.cond_steps < 1 or self.rollout_horizon < 1:
             raise ConfigError(f"cond_steps and rollout_horizon must be positive, got {self.cond_steps} and "
                               f"{self.rollout_horizon}.")

@@ -29,4 +29,6 @@ def clip_figure(video: torch.Tensor, out: Any, rollout: Any, *, max_frames: int 
     predicted_particles = [draw_particles(predicted[i:i + 1], trajectory[i:i + 1, rollout_on[i]],
                                           colors=colors[rollout_on[i]]) for i in range(t)]
     return make_grid([frames, out.rec[0, :t].detach().clamp(0, 1), torch.cat(shown), predicted,
-                      torch.cat(predicted_particles)])
+                      torch.cat(predicted_particles)],
+                     labels=["clip", "reconstruction", "particles", f"rollout ({rollout.cond_steps} given)",
+                             "rollout particles"])

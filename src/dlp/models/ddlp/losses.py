@@ -33,13 +33,15 @@ from dlp.models.dlpv2.losses import (
 )
 
 
-def dynamic_discount(iteration: int, iters_per_epoch: int, warmup_epoch: int, timestep_horizon: int) -> list[float]:
+def dynamic_discount(iteration: int, iters_per_epoch: int, warmup_epoch: int, timestep_horizon: int,
+                     min_window: int = 10000) -> list[float]:
     """The official dynamics discount before training batch `iteration` (counted from 0; `train_ddlp.py`, §4.7).
 
     Future frame i (0-based, i < Tm) is phased in linearly over the first (i + 1) * per_step iterations, with
-    per_step = max(warmup_epoch, 1) * max(10000, iters_per_epoch) // Tm; the very first batch has all zeros.
+    per_step = max(warmup_epoch, 1) * max(min_window, iters_per_epoch) // Tm; the very first batch has all zeros.
+    `min_window` is 10000 officially (a run shorter than that never weighs its last frames fully).
     """
-    window = max(warmup_epoch, 1) * max(10000, iters_per_epoch)
+    window = max(warmup_epoch, 1) * max(min_window, iters_per_epoch)
     per_step = window // timestep_horizon
     return [min(max(iteration / (per_step * (i + 1)), 0.0), 1.0) for i in range(timestep_horizon)]
 

@@ -21,6 +21,7 @@ from dlp.models.dlpv2.layers import init_official
 from dlp.models.dlpv2.losses import DLPv2Priors, prior_constants
 from dlp.models.dlpv2.model import DLPv2Foreground, ForegroundPosterior, reparameterize
 from dlp.models.dlpv2.modules import BackgroundVAE, background_encoder_mask
+from dlp.pretrained import PretrainedMixin
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _stack_frames(posteriors: list[ForegroundPosterior]) -> ForegroundPosterior:
                                  for f in fields(ForegroundPosterior)))
 
 
-class DDLP(nn.Module):
+class DDLP(nn.Module, PretrainedMixin):
     """DDLP: object-centric particles for video, with PINT dynamics (the official `ObjectDynamicsDLP`).
 
     >>> from dlp.models.ddlp import DDLP, DDLPConfig

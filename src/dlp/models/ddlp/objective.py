@@ -50,7 +50,7 @@ class DDLPObjective(DLPv2Objective):
     def discount(self, step: int) -> list[float]:
         """The official dynamics discount before optimisation step `step` (the first step's is all zeros)."""
         return dynamic_discount(step, self.steps_per_epoch or 1, self.train_config.warmup_epoch,
-                                self.model_config.timestep_horizon)
+                                self.model_config.timestep_horizon, self.train_config.discount_steps)
 
     def loss(self, model, batch: Mapping[str, Any], *, epoch: int, phase: str, step: int = 0
              ) -> dict[str, torch.Tensor]:

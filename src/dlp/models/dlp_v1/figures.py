@@ -52,6 +52,7 @@ def training_figure(
         out.rec[:n].detach().clamp(0.0, 1.0),
         draw_particles(x_prior, out.kp_prior[:n].detach().float().clamp(-1.0, 1.0), radius=radius),
     ]
+    labels = ["input", "particles", "reconstruction", "prior proposals", f"top {min(topk, k)} particles"]
     confidence = -logvar.sum(dim=-1)  # [n, K]
     top = confidence.topk(min(topk, k), dim=1).indices  # [n, topk]
     top_kp = torch.gather(mu, 1, top.unsqueeze(-1).expand(-1, -1, 2))
@@ -62,6 +63,7 @@ def training_figure(
         dec_objects = getattr(out, "dec_objects", None)
         if dec_objects is not None:
             rows.append(dec_objects[:n].detach().clamp(0.0, 1.0))
+            labels.append("decoded objects")
         if box_scores == "obj_on":
             scores = obj_on.detach().float()  # [B, K]
         elif box_scores == "confidence":
@@ -79,7 +81,8 @@ def training_figure(
             kept_colors.append(colors[idx])
             kept_scores.append(scores[i, idx])
         rows.append(draw_boxes(x, kept_boxes, kept_colors, kept_scores if draw_scores else None))
-    return make_grid(rows)
+        labels.append("boxes (obj_on)" if box_scores == "obj_on" else "boxes (confidence)")
+    return make_grid(rows, labels=labels)
 
 
 def glimpse_figure(out: Any, n: int = 16) -> torch.Tensor | None:
@@ -100,4 +103,4 @@ def glimpse_figure(out: Any, n: int = 16) -> torch.Tensor | None:
             g = F.interpolate(g, size=tuple(dec_rgb.shape[-2:]), mode="bilinear", align_corners=False)
         rows.append(g)
     rows.append(dec_rgb)
-    return make_grid(rows)
+    return make_grid(rows, labels=["encoder glimpses", "decoded glimpses"][-len(rows):])

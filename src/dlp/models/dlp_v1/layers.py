@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlp.models.kernels import replicate_pad
+
 
 class ConvBlock(nn.Module):
     """[pad] -> conv (no bias) -> BatchNorm -> activation -> [bilinear x2 upsampling].
@@ -38,7 +40,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.replicate and self.pad:
-            x = F.pad(x, (self.pad,) * 4, mode="replicate")
+            x = replicate_pad(x, self.pad)
         x = self.act(self.norm(self.conv(x)))
         if self.upsample:
             # PyTorch's CPU bilinear kernel is an order of magnitude faster on channels-last tensors (its NCHW path

@@ -27,6 +27,7 @@ from dlp.models.dlp_v1.modules import (
     PatchPrior,
     PointNetPP,
 )
+from dlp.pretrained import PretrainedMixin
 
 # Parameter names of checkpoints written before the position encoder became one module (prefix -> new prefix).
 _LEGACY_PREFIXES = {"to_normal_stats.": "position_encoder.to_normal_stats.",
@@ -106,7 +107,7 @@ class DLPOutput:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-class DLP(nn.Module):
+class DLP(nn.Module, PretrainedMixin):
     """Deep Latent Particles. Build it from a `DLPConfig` (or a preset: `dlp.create_model("celeba")`).
 
     >>> from dlp import DLP, DLPConfig

@@ -60,11 +60,13 @@ def training_figure(x: torch.Tensor, out: Any, *, topk: int = 10, iou_thresh: fl
         draw_boxes(x, kept_m, kept_m_colors, kept_m_scores),
         out.bg[:n].detach().clamp(0.0, 1.0),
     ]
-    return make_grid(rows)
+    labels = ["input", "particles", "reconstruction", "prior proposals", f"top {min(topk, k)} particles",
+              "foreground", "boxes (scale)", "boxes (alpha)", "background"]
+    return make_grid(rows, labels=labels)
 
 
 def glimpse_figure(out: Any, n: int = 16) -> torch.Tensor:
     """The first `n` encoder glimpses (top row) and decoded glimpses' RGB (bottom row) as [3, H', W']."""
     glimpses = out.glimpses.detach().float().flatten(0, 1)[:n]  # [n, C, S, S]
     decoded = out.dec_glimpses[..., 1:, :, :].detach().float().flatten(0, 1)[:n]
-    return make_grid([glimpses.clamp(0, 1), decoded.clamp(0, 1)])
+    return make_grid([glimpses.clamp(0, 1), decoded.clamp(0, 1)], labels=["encoder glimpses", "decoded glimpses"])

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dlp.models.kernels import replicate_pad
+
 from dlp.models.dlpv2.config import group_norm_groups
 
 GROUP_NORM_EPS = 1e-4  # official §1.1
@@ -39,7 +41,7 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.replicate and self.pad:
-            x = F.pad(x, (self.pad,) * 4, mode="replicate")
+            x = replicate_pad(x, self.pad)
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)

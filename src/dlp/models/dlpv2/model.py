@@ -30,6 +30,7 @@ from dlp.models.dlpv2.modules import (
     background_encoder_mask,
     composite_particles,
 )
+from dlp.pretrained import PretrainedMixin
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -290,7 +291,7 @@ class DLPv2Output:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-class DLPv2(nn.Module):
+class DLPv2(nn.Module, PretrainedMixin):
     """DLPv2: object-centric particles for single images (the official `ObjectDLP`).
 
     >>> from dlp.models.dlpv2 import DLPv2, DLPv2Config

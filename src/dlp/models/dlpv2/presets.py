@@ -124,9 +124,9 @@ for _name, _values in PRESET_VALUES.items():
 register_preset(Preset(
     "dlpv2-shapes-quick", "dlpv2",
     "DLPv2 on generated 64x64 shapes in under 10 minutes on 2 CPU cores: half-width CNNs, particles on the 20 "
-    "lowest-variance proposals, a sparse transparency prior, batch 16, epochs of 1000 images.",
+    "lowest-variance proposals, a transparency prior that favours 'off', batch 16, epochs of 1000 images.",
     model={**PRESET_VALUES["dlpv2-shapes"]["model"], "enc_channels": (16, 16, 32, 32), "prior_channels": (16, 16, 32),
            "filtering_heuristic": "variance", "n_kp_prior": 20, "obj_on_beta": 1.0},
-    train={**PRESET_VALUES["dlpv2-shapes"]["train"], "lr": 1e-3, "batch_size": 16, "num_epochs": 25,
+    train={**PRESET_VALUES["dlpv2-shapes"]["train"], "lr": 1e-3, "beta_kl": 1.0, "batch_size": 16, "num_epochs": 25,
            "num_train_images": 1000, "eval_freq": 2},
 ))

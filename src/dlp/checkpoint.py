@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -49,22 +49,18 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: Any) -> Path:
-    """Atomically write `model` (its family, config and weights) and extra state (tensors, numbers, strings,
-    containers)."""
-    from dlp.registry import family_of
-
-    extra = {key: _plain(value, key) for key, value in extra.items()}
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """Call `write(temporary path)` in `path`'s folder, flush it to disk and rename it to `path`: a crash never leaves a
+    half-written file under the final name. The file gets the permissions of any new file (the umask), not the
+    temporary file's 0600; on failure the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": __version__, "arch": family_of(model).name,
-               "config": model.config.to_dict(), "model": model.state_dict(), **extra}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        os.fchmod(fd, _new_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
+        write(tmp)
+        os.chmod(tmp, _new_file_mode())
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -72,6 +68,17 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: An
             os.unlink(tmp)
         raise
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, **extra: Any) -> Path:
+    """Atomically write `model` (its family, config and weights) and extra state (tensors, numbers, strings,
+    containers)."""
+    from dlp.registry import family_of
+
+    extra = {key: _plain(value, key) for key, value in extra.items()}
+    payload = {"format": FORMAT, "version": __version__, "arch": family_of(model).name,
+               "config": model.config.to_dict(), "model": model.state_dict(), **extra}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:

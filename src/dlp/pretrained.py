@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dlp import __version__
-from dlp.checkpoint import FORMAT, CheckpointError, _new_file_mode
+from dlp.checkpoint import FORMAT, CheckpointError, atomic_write
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -38,22 +38,6 @@ class PretrainedError(CheckpointError):
 
 # ----------------------------------------------------------------------------------------------------------------
 # saving
-
-def _atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)` then rename over `path`: a crash never leaves a half-written file under the final name."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, _new_file_mode())
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def _plain_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The state dict as safetensors can store it: detached, on the CPU, contiguous, no two entries sharing memory
@@ -92,8 +76,8 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
     text = json.dumps(config, indent=2) + "\n"
     tensors = _plain_tensors(model.state_dict())
     # one metadata key: safetensors writes several in random order, and the same model should give the same bytes
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return directory
 
 

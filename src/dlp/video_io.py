@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dlp.checkpoint import atomic_write
 
 __all__ = [
     "CONDITIONING_COLOR",
@@ -272,28 +273,6 @@ def _check_target(path: str | os.PathLike, suffix: str | None = None) -> Path:
     return path
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call write(temporary path) and rename the result to `path` (removing the temporary file on failure)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def write_gif(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 8.0, *,
               loop: bool = True) -> Path:
     """Write frames (float [T, 3, H, W] in [0, 1] or uint8 [T, H, W, 3]) as an animated GIF (PIL, one adaptive
@@ -313,7 +292,7 @@ def write_gif(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: f
         options = {"loop": 0} if loop else {}
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=duration, **options)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def mp4_codec() -> str:
@@ -362,7 +341,7 @@ def write_mp4(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: f
             for packet in stream.encode():  # flush the encoder's delayed frames
                 container.mux(packet)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def write_video(frames: torch.Tensor | np.ndarray, path: str | os.PathLike, fps: float = 8.0) -> Path:

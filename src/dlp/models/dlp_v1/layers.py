@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlp.models.kernels import replicate_pad
+from dlp.models.kernels import (
+    conv_activation,
+    fold_conv_batch_norm,
+    match_weight_layout,
+    replicate_pad,
+)
 
 
 class ConvBlock(nn.Module):
@@ -14,6 +19,10 @@ class ConvBlock(nn.Module):
 
     With `pad_mode='replicate'` the input is replicate-padded and the conv itself does not pad; with 'zeros' the
     conv zero-pads. Upsampling comes after the activation, as in the official `ConvBlock`.
+
+    A block whose weights are channels-last (a model converted with `.to(memory_format=torch.channels_last)`, as the
+    trainer does) converts an input in another layout first: oneDNN is slow on mixed layouts. `fold_batch_norm()`
+    turns an eval-mode block into its inference form (see `fold_batch_norm`).
     """
 
     def __init__(
@@ -37,11 +46,30 @@ class ConvBlock(nn.Module):
         # In place: BatchNorm keeps its own input for backward, so its output buffer can hold the activation.
         self.act = nn.LeakyReLU(0.01, inplace=True) if activation == "leaky" else nn.ReLU(inplace=True)
         self.upsample = upsample
+        self.folded = False
+
+    def fold_batch_norm(self) -> None:
+        """Inference form of an eval-mode block: the BatchNorm's running statistics and affine folded into the conv's
+        weight and bias (conv -> BN is one affine map per output channel), the activation fused into the conv on
+        CPUs. Same values up to float32 rounding; the block can no longer train (nor save the official layout)."""
+        if self.folded:
+            return
+        if self.training:
+            raise RuntimeError("fold_batch_norm() needs an eval-mode block (running statistics).")
+        self.conv = fold_conv_batch_norm(self.conv, self.norm)
+        self.norm = nn.Identity()
+        self.folded = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = match_weight_layout(x, self.conv.weight)
         if self.replicate and self.pad:
             x = replicate_pad(x, self.pad)
-        x = self.act(self.norm(self.conv(x)))
+        if self.folded:
+            if self.training:
+                raise RuntimeError("this ConvBlock has its BatchNorm folded for inference; it cannot train.")
+            x = conv_activation(x, self.conv, self.act)
+        else:
+            x = self.act(self.norm(self.conv(x)))
         if self.upsample:
             # PyTorch's CPU bilinear kernel is an order of magnitude faster on channels-last tensors (its NCHW path
             # round-trips through copies); the values are identical.
@@ -116,7 +144,11 @@ def gaussian_maps(kp: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     var = sigma**2
     dy = (lin.view(1, 1, size, 1) - kp[..., 0, None, None]) ** 2 / var
     dx = (lin.view(1, 1, 1, size) - kp[..., 1, None, None]) ** 2 / var
-    return torch.exp(-0.5 * (dy + dx))
+    g = torch.exp(-0.5 * (dy + dx))
+    # Values below the smallest normal float (exp(-87) in float32) become 0: a change far below the rounding of
+    # anything they are added to, and it keeps subnormal numbers out of the decoder's first convolution, where
+    # each one costs a microcode assist (x86: ~60x slower arithmetic on the affected vectors).
+    return g.masked_fill(g < torch.finfo(g.dtype).tiny, 0.0)
 
 
 def init_official(module: nn.Module) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 
 from dlp.models.dlp_v1.glimpse import extract_glimpses
 from dlp.models.dlp_v1.layers import MLP, ConvBlock, KeypointCNN, spatial_softmax
+from dlp.models.kernels import fold_linear_batch_norm
 
 
 class PatchPrior(nn.Module):
@@ -126,6 +127,15 @@ class EdgeConv(nn.Module):
             nn.Linear(out_features, out_features),
             nn.BatchNorm1d(out_features),
         )
+
+    def fold_batch_norm(self) -> None:
+        """Inference form (eval mode): each BatchNorm1d folded into the Linear before it (same values up to float32
+        rounding; the layer can no longer train)."""
+        if self.training:
+            raise RuntimeError("fold_batch_norm() needs an eval-mode layer (running statistics).")
+        m = self.mlp
+        if isinstance(m[1], nn.BatchNorm1d):
+            self.mlp = nn.Sequential(fold_linear_batch_norm(m[0], m[1]), m[2], fold_linear_batch_norm(m[3], m[4]))
 
     def forward(self, h: torch.Tensor, rel_pos: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
         # h [B, N, Fin], rel_pos [B, N, k, 2], neighbours [B, N, k] -> [B, N, Fout]

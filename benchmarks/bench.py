@@ -14,8 +14,9 @@ FLOP rate that achieves, and its fraction of the machine's matrix-multiply peak,
 float32 `torch.mm` of 2048 x 2048 matrices with the same threads, the best of 10 before and 10 after the timed
 runs). Video models also report rollout frames per second. `--fused-inference` runs inference through
 `model.fuse_for_inference()` (v1: BatchNorm folded into the convolutions, activation fused; FLOPs counted on the
-plain model). `benchmarks/profile_step.py` breaks the step down by operator category and layer shape. Training and inference of every preset run in their own subprocesses, so that each peak memory (RSS on CPU,
-allocated memory on GPU) belongs to that workload alone.
+plain model). `benchmarks/profile_step.py` breaks the step down by operator category and layer shape. Training and
+inference of every preset run in their own subprocesses, so that each peak memory (RSS on CPU, allocated memory on
+GPU) belongs to that workload alone.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ import time
 from pathlib import Path
 
 
+def _rounded(value):
+    """Metrics are numbers or, for video models, lists over the predicted steps."""
+    return [round(v, 4) for v in value] if isinstance(value, list) else round(value, 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      add_help=False)
@@ -52,7 +57,7 @@ def main() -> None:
         if checkpoint.is_file():
             results = evaluate_checkpoint(checkpoint, num_images=args.eval_images, untrained_baseline=False)
             summary[which] = {"step": int(torch.load(checkpoint, weights_only=True)["step"]),
-                              **{k: round(v, 4) for k, v in results["metrics"].items()}}
+                              **{k: _rounded(v) for k, v in results["metrics"].items()}}
     text = json.dumps(summary, indent=1)
     (run / "quick_start.json").write_text(text + "\n")
     print(text)

@@ -166,7 +166,8 @@ def test_inconsistent_decode_alias_is_rejected(fixture):
 
 
 def test_prior_anchored_models_have_no_official_layout():
-    with pytest.raises(OfficialCheckpointError, match=r"position_encoder=.prior_anchored. is this library.s extension and has no official weights layout"):
+    message = r"position_encoder=.prior_anchored. is this library.s extension and has no official weights layout"
+    with pytest.raises(OfficialCheckpointError, match=message):
         official_state_dict_names(DLP(tiny_config("anchored")))
 
 

@@ -105,7 +105,8 @@ def test_typed_flags_override_only_themselves():
     assert _resolve("-d", "shapes", "--position_encoder", "prior_anchored")[1].position_encoder == "prior_anchored"
     assert _resolve("--preset", "shapes-quick", "--position-encoder", "heatmap")[1].position_encoder == "heatmap"
     # every flag in both spellings, the official underscore one and the dashed one
-    assert _resolve("-d", "shapes", "--batch-size", "8")[2].batch_size == _resolve("-d", "shapes", "--batch_size", "8")[2].batch_size == 8
+    dashed, underscored = _resolve("-d", "shapes", "--batch-size", "8"), _resolve("-d", "shapes", "--batch_size", "8")
+    assert dashed[2].batch_size == underscored[2].batch_size == 8
     assert _resolve("-d", "shapes", "--image_size", "128")[1].image_size == 128
     # the extension costs: flat flags, one group of the objective
     assert _resolve("-d", "shapes", "--beta_obj_on", "2")[2].extensions.beta_obj_on == 2.0

@@ -17,8 +17,8 @@ feature terms are weighted by 0.12151 (`feature_weight=DDLP_FEATURE_WEIGHT`).
 
 Weights are never silently random: `VGGPerceptual()` (or `weights=None`) loads the ImageNet weights through
 `load_vgg16_features` or raises `VGGWeightsError`; a randomly initialised network needs
-``VGGPerceptual(weights=None, allow_random=True)`` (or ``weights="random", allow_random=True``). All parameters are frozen; keep
-the module outside the model and its optimisers.
+``VGGPerceptual(weights=None, allow_random=True)`` (or ``weights="random", allow_random=True``). All parameters are
+frozen; keep the module outside the model and its optimisers.
 """
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def configure_parser(subparsers, argv: list[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field of the preset (repeatable)")
     p.add_argument("-o", "--output", required=True, help="output .pt checkpoint")
-    p.set_defaults(func=lambda a: print(f"wrote {convert_official(a.src, a.preset, a.output, parse_assignments(a.overrides))}"))
+    p.set_defaults(func=lambda a: print(
+        f"wrote {convert_official(a.src, a.preset, a.output, parse_assignments(a.overrides))}"))
 
     e = subparsers.add_parser("export-official", help="export a dlp checkpoint to the official state-dict layout")
     e.add_argument("checkpoint")

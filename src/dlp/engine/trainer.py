@@ -106,7 +106,8 @@ def resolve_resume_path(resume: str) -> Path:
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
-        raise CheckpointError(f"nothing to resume at {resume}: give a run directory or a .pt checkpoint written by `dlp train`.")
+        raise CheckpointError(f"nothing to resume at {resume}: give a run directory or a .pt checkpoint written by "
+                              "`dlp train`.")
     return path
 
 

@@ -6,8 +6,8 @@ stepped once per epoch, 150 epochs, beta_rec 1, beta_dyn_rec 1, kl_balance 1e-3,
 reconstruction (train_enc_prior), dynamics from the first epoch (start_dyn_epoch 0), warm-up epochs followed by one
 noisy epoch, the dynamics discount of §4.7 (the values every config uses, so not settings here). Rollouts for
 evaluation and animations condition on `cond_steps` = 10 frames and run to the official `animation_horizon` of 100
-frames (60 for PHYRE), i.e. `rollout_horizon` = 90 (50) predicted frames. 'vgg' is the perceptual reconstruction loss (the official total is then
-scaled by 1e-3).
+frames (60 for PHYRE), i.e. `rollout_horizon` = 90 (50) predicted frames. 'vgg' is the perceptual reconstruction loss
+(the official total is then scaled by 1e-3).
 """
 
 from __future__ import annotations

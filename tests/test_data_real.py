@@ -278,6 +278,7 @@ def test_celeba_matches_celeba_mini_geometry(celeba_tree, mini_test64):
         torch.testing.assert_close(full[i]["landmarks"] / 2, mini[j]["landmarks"])
 
 
+@needs_celeba_mini
 def test_celeba_rescales_landmarks_for_other_image_sizes(tmp_path):
     root = make_celeba_tree(tmp_path / "small", [1, 2])
     image_dir = root / "Img" / "img_align_celeba"

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 import dlp
 from dlp.checkpoint import load_checkpoint, read_checkpoint
 from dlp.cli import main
-from dlp.compat.ddlp import config_from_official_hparams
 from dlp.models.ddlp import DDLP, DDLPConfig
 from tests.conftest import SHARED
+from tests.parity_v2 import convert_and_export_through_the_cli
 
 FIXTURE = SHARED / "fixtures" / "parity-v2" / "ddlp_tiny.pt"
 TINY = dict(image_size=32, enc_channels=[8, 8], prior_channels=[8, 8], patch_size=8, n_kp_enc=4, n_kp_prior=8,
@@ -67,18 +66,5 @@ def test_a_still_image_dataset_is_refused_before_anything_is_written(tmp_path, c
 
 @pytest.mark.skipif(not FIXTURE.is_file(), reason="parity-v2 fixtures not found next to the repository")
 def test_official_state_dict_converts_and_exports_back_bit_identically(tmp_path):
-    fx = torch.load(FIXTURE, weights_only=True)
-    src = tmp_path / "official.pth"
-    torch.save(fx["state_dict"], src)
-    config = config_from_official_hparams(fx["hparams"])
-    sets = []
-    for key, value in config.to_dict().items():
-        if value is not None:
-            sets += ["--set", f"{key}={json.dumps(value)}"]
-    assert main(["convert-official", str(src), "--preset", "ddlp-balls", *sets, "-o", str(tmp_path / "d.pt")]) == 0
-    assert load_checkpoint(tmp_path / "d.pt").config == config
-    assert main(["export-official", str(tmp_path / "d.pt"), "-o", str(tmp_path / "back.pth")]) == 0
-    back = torch.load(tmp_path / "back.pth", weights_only=True)
-    assert list(back) == list(fx["state_dict"])
-    for key, tensor in fx["state_dict"].items():
-        assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
+    _, model, config = convert_and_export_through_the_cli(FIXTURE, "ddlp-balls", tmp_path)
+    assert model.config == config

@@ -3,9 +3,6 @@ objective and the discount schedule, config validation, and the official key lay
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -23,8 +20,7 @@ from dlp.models.ddlp import (
     ddlp_loss,
     dynamic_discount,
 )
-
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dlpv2-ddlp-model.md"
+from tests.parity_v2 import SPEC, parse_state_dict_listing
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # many small per-frame ops: one thread is fastest
 
@@ -302,39 +298,6 @@ def test_forward_checks_the_clip():
 
 # ------------------------------------------------------------------------------------------------------------------
 # The official configurations
-def parse_listing(title: str) -> dict[str, tuple[int, ...]]:
-    """Expand a state-dict listing of the spec (§9) into {key: shape} (`{0..5}` block ranges included)."""
-    text = SPEC.read_text()
-    block = text.split(f"#### {title}", 1)[1].split("```", 2)[1]
-    lines: list[str] = []
-    for line in block.strip().splitlines():
-        if m := re.search(r"\{(\d+)\.\.(\d+)\}", line):
-            lines += [line.replace(m[0], str(i)) for i in range(int(m[1]), int(m[2]) + 1)]
-        else:
-            lines.append(line.strip())
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def dims(s: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in s.split(",") if v.strip())
-
-    for line in lines:
-        if line.endswith(".*  (alias: the same tensors as every fg_module.object_dec.main.* entry above, same order)"):
-            for key in [k for k in shapes if k.startswith("fg_module.object_dec.main.")]:
-                shapes[key.replace(".main.", ".decode.", 1)] = shapes[key]
-            continue
-        if m := re.fullmatch(r"(\S+)\.\{weight \[([\d, ]*)\], bias \[([\d, ]*)\]\}", line):
-            shapes[f"{m[1]}.weight"], shapes[f"{m[1]}.bias"] = dims(m[2]), dims(m[3])
-            continue
-        m = re.fullmatch(r"(\S+) \[([\d, ]*)\](?: \(float64\))?(?: \+ (\S+) \[([\d, ]*)\])?", line)
-        assert m, line
-        shapes[m[1]] = dims(m[2])
-        if m[3] == ".bias":
-            shapes[m[1].rsplit(".", 1)[0] + ".bias"] = dims(m[4])
-        elif m[3]:
-            base = m[1].rsplit(".", 2)[0]
-            for key in ("weight", "bias"):
-                shapes[f"{base}.{m[3].split('.{')[0]}.{key}"] = dims(m[4])
-    return shapes
 
 
 @pytest.mark.parametrize("preset", sorted(PRESET_VALUES))
@@ -357,7 +320,7 @@ def test_official_configs_export_the_official_layout(preset):
         e, 6 + cfg.learned_feature_dim)
     assert state["dyn_module.particle_decoder.bg_features_head.weight"].shape == (2 * cfg.bg_feature_dim, e)
     if preset == "ddlp-clevrer" and SPEC.is_file():
-        listing = parse_listing("clevrer (ObjectDynamicsDLP)")
+        listing = parse_state_dict_listing("clevrer (ObjectDynamicsDLP)")
         assert len(listing) == len(state) == 310
         assert {key: tuple(v.shape) for key, v in state.items()} == listing
         assert sum(p.numel() for p in model.parameters()) == 11717614

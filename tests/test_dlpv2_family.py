@@ -12,9 +12,10 @@ import yaml
 import dlp
 from dlp.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from dlp.cli import main
-from dlp.compat.ddlp import config_from_official_hparams, official_hparams, to_official_state_dict
+from dlp.compat.ddlp import official_hparams, to_official_state_dict
 from dlp.models.dlpv2 import DLPv2, DLPv2Config
 from tests.conftest import SHARED
+from tests.parity_v2 import convert_and_export_through_the_cli
 
 FIXTURE = SHARED / "fixtures" / "parity-v2" / "dlpv2_tiny.pt"
 SAMPLES = SHARED / "data" / "samples"
@@ -67,22 +68,8 @@ def test_train_resume_and_evaluate_through_the_engine(tmp_path, capsys):
 
 @pytest.mark.skipif(not FIXTURE.is_file(), reason="parity-v2 fixtures not found next to the repository")
 def test_official_state_dict_converts_and_exports_back_bit_identically(tmp_path):
-    fx = torch.load(FIXTURE, weights_only=True)
-    src = tmp_path / "official.pth"
-    torch.save(fx["state_dict"], src)
-    config = config_from_official_hparams(fx["hparams"])
-    sets = []
-    for key, value in config.to_dict().items():
-        if value is not None:
-            sets += ["--set", f"{key}={json.dumps(value)}"]
-    assert main(["convert-official", str(src), "--preset", "dlpv2-shapes", *sets, "-o", str(tmp_path / "v2.pt")]) == 0
-    model = load_checkpoint(tmp_path / "v2.pt")
+    fx, model, config = convert_and_export_through_the_cli(FIXTURE, "dlpv2-shapes", tmp_path)
     assert model.config == config and official_hparams(model.config) == fx["hparams"]
-    assert main(["export-official", str(tmp_path / "v2.pt"), "-o", str(tmp_path / "back.pth")]) == 0
-    back = torch.load(tmp_path / "back.pth", weights_only=True)
-    assert list(back) == list(fx["state_dict"])
-    for key, tensor in fx["state_dict"].items():
-        assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
 
 
 def test_each_preset_exports_exactly_its_official_layout():

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 
 from dlp.config import ConfigError
 from dlp.models.dlpv2 import PRESET_VALUES, DLPv2, DLPv2Config, dlpv2_loss
 from dlp.models.dlpv2.layers import crop_glimpses, keypoint_cnn_layout, paste_glimpses, square_masks
-
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dlpv2-ddlp-model.md"
+from tests.parity_v2 import SPEC, parse_state_dict_listing
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -234,40 +230,13 @@ OFFICIAL_SIZES = {
 LISTINGS = {"dlpv2-shapes": "shapes (ObjectDLP)", "dlpv2-traffic": "traffic_img (ObjectDLP)"}
 
 
-def parse_listing(title: str) -> dict[str, tuple[int, ...]]:
-    """Expand a state-dict listing of the spec (§9) into {key: shape}."""
-    text = SPEC.read_text()
-    block = text.split(f"#### {title}", 1)[1].split("```", 2)[1]
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def dims(s: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in s.split(",") if v.strip())
-
-    for line in block.strip().splitlines():
-        line = line.strip()
-        if line.endswith(".*  (alias: the same tensors as every fg_module.object_dec.main.* entry above, same order)"):
-            for key in [k for k in shapes if k.startswith("fg_module.object_dec.main.")]:
-                shapes[key.replace(".main.", ".decode.", 1)] = shapes[key]
-            continue
-        if m := re.fullmatch(r"(\S+)\.\{weight \[([\d, ]*)\], bias \[([\d, ]*)\]\}", line):
-            shapes[f"{m[1]}.weight"], shapes[f"{m[1]}.bias"] = dims(m[2]), dims(m[3])
-            continue
-        m = re.fullmatch(r"(\S+) \[([\d, ]*)\](?: \(float64\))?(?: \+ (\S+) \[([\d, ]*)\])?", line)
-        assert m, line
-        shapes[m[1]] = dims(m[2])
-        if m[3] == ".bias":
-            shapes[m[1].rsplit(".", 1)[0] + ".bias"] = dims(m[4])
-        elif m[3]:
-            base = m[1].rsplit(".", 2)[0]
-            name = m[3].split(".{")[0]
-            for key in ("weight", "bias"):
-                shapes[f"{base}.{name}.{key}"] = dims(m[4])
-    return shapes
-
-
 @pytest.mark.parametrize("preset", sorted(PRESET_VALUES))
 def test_official_configs_export_the_official_layout(preset):
-    from dlp.compat.ddlp import config_from_official_hparams, official_hparams, to_official_state_dict
+    from dlp.compat.ddlp import (
+        config_from_official_hparams,
+        official_hparams,
+        to_official_state_dict,
+    )
 
     cfg = DLPv2Config(**PRESET_VALUES[preset]["model"])
     assert config_from_official_hparams(official_hparams(cfg)) == cfg
@@ -278,7 +247,7 @@ def test_official_configs_export_the_official_layout(preset):
     assert sum(p.numel() for p in model.parameters()) == params
     assert state["mu_scale_prior"].dtype == torch.float64
     if preset in LISTINGS and SPEC.is_file():
-        listing = parse_listing(LISTINGS[preset])
+        listing = parse_state_dict_listing(LISTINGS[preset])
         assert len(listing) == entries
         assert {k: tuple(v.shape) for k, v in state.items()} == listing
 

@@ -20,18 +20,16 @@ from dlp.compat.ddlp import (
     from_official_state_dict,
     load_official,
     official_hparams,
-    official_loss,
-    official_outputs,
     official_param_names,
     to_official_state_dict,
 )
 from dlp.models.dlpv2.layers import correlation_maps
 from dlp.models.dlpv2.modules import background_encoder_mask
+from tests.parity_v2 import FLOORS, check_losses_and_gradients, check_outputs, scale_error
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "parity-v2"
 DLPV2_FIXTURE = FIXTURE_DIR / "dlpv2_tiny.pt"
 DDLP_FIXTURE = FIXTURE_DIR / "ddlp_tiny.pt"
-FLOORS = {"outputs": 1e-4, "losses": 1e-4, "loss_terms_extra": 1e-3, "grad_max": 1e-2, "grad_group": 1e-2}
 RECORDS = ("eval", "train", "noisy", "warmup")
 DDLP_KEYS = ("predict_delta", "timestep_horizon", "pint_layers", "pint_heads", "pint_dim")
 
@@ -44,21 +42,7 @@ def fx():
     return torch.load(DLPV2_FIXTURE, weights_only=True)
 
 
-def scale_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
 
-
-def tolerance(fx, record: str, kind: str, key: str | None = None) -> float:
-    table = fx["tolerances"][record][kind]
-    return max(table if key is None else table[key], FLOORS[kind])
-
-
-def fresh_model(fx, record: str):
-    model = load_official(fx["state_dict"], fx["hparams"])
-    model.train(fx[record]["mode"] == "train")
-    if fx[record]["seed"] is not None:
-        torch.manual_seed(fx[record]["seed"])
-    return model
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -119,58 +103,12 @@ def test_strict_loading_names_the_problem(fx):
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_outputs(fx, record):
-    model = fresh_model(fx, record)
-    with torch.no_grad():
-        ours = official_outputs(model, fx["x"], **fx[record]["call_kwargs"])
-    ref = fx[record]["outputs"]
-    assert set(ref) <= set(ours)
-    for key, value in ref.items():
-        assert ours[key].shape == value.shape, key
-        err = scale_error(ours[key], value)
-        assert err <= tolerance(fx, record, "outputs", key), f"{record} {key}: e = {err:.2e}"
+    check_outputs(fx, record)
 
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_losses_and_gradients(fx, record):
-    rec = fx[record]
-    model = fresh_model(fx, record)
-    losses = official_loss(model, fx["x"], **rec["loss_kwargs"])
-    for key, value in rec["losses"].items():
-        diff = abs(losses[key].item() - value.item())
-        err = diff if key == "psnr" else diff / abs(value.item())
-        assert err <= tolerance(fx, record, "losses", key), f"{record} {key}: {err:.2e}"
-    ref = rec["losses"]
-    scale = 1e-3 * max(abs(ref["loss_kl_kp"].item()), abs(ref["loss_kl_feat"].item()), abs(ref["kl"].item()))
-    for key, value in rec["loss_terms_extra"].items():
-        err = abs(losses[key].item() - value.item()) / max(abs(value.item()), scale)
-        assert err <= tolerance(fx, record, "loss_terms_extra", key), f"{record} {key}: {err:.2e}"
-    if "grads" not in rec or not rec["grads"]:
-        return
-    losses["loss"].backward()
-    names = official_param_names(model)
-    grads = {names[n]: p.grad for n, p in model.named_parameters()}
-    assert [k for k, g in grads.items() if g is None] == list(rec["params_without_grad"])
-    expected = {k: v.double() for k, v in rec["grads"].items()}
-    for key, factors in rec["grads_factored"].items():  # dL/dW = delta^T @ input over every call of the layer
-        expected[key] = factors["delta"].double().T @ factors["input"].double()
-    assert set(expected) == set(grads)
-    g_max = max(g.abs().max().item() for g in expected.values())
-    zero = set(fx["meta"]["grads_structurally_zero"])
-    for key in zero:
-        assert grads[key].abs().max().item() <= 1e-5 * g_max, key
-    t_max = tolerance(fx, record, "grad_max")
-    for key, value in expected.items():
-        if key not in zero:
-            worst = (grads[key].double() - value).abs().max().item()
-            assert worst <= t_max * g_max, f"{key}: max|delta| = {worst / g_max:.2e} max|g|"
-    groups: dict[str, list[str]] = {}
-    for key in expected:
-        groups.setdefault(".".join(key.split(".")[:2]), []).append(key)
-    for group, keys in groups.items():
-        delta = torch.cat([(grads[k].double() - expected[k]).flatten() for k in keys]).norm()
-        norm = torch.cat([expected[k].flatten() for k in keys]).norm()
-        rel = (delta / norm).item()
-        assert rel <= tolerance(fx, record, "grad_group", group), f"{group}: ||delta||/||g|| = {rel:.2e}"
+    check_losses_and_gradients(fx, record)
 
 
 def test_prior_and_attribute_passes_match_the_extras(fx):

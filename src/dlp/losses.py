@@ -49,11 +49,17 @@ def glimpse_reconstruction(target: torch.Tensor, dec_glimpses: torch.Tensor,
     target [B, K, 3, S, S] (the encoder's crops), dec_glimpses [B, K, 4, S, S]. With a perceptual loss, glimpses
     under 32 px are first upsampled to 32 (bilinear), as the VGG needs.
     """
-    target = target.flatten(0, 1)
-    decoded = dec_glimpses[:, :, 1:].flatten(0, 1)
+    return per_glimpse_reconstruction(target.flatten(0, 1), dec_glimpses.flatten(0, 1), rec_loss).mean()
+
+
+def per_glimpse_reconstruction(target: torch.Tensor, dec_glimpses: torch.Tensor,
+                               rec_loss: ReconstructionLoss | None = None) -> torch.Tensor:
+    """The warm-up loss of each glimpse: target [N, 3, S, S], dec_glimpses [N, 4, S, S] (alpha first) -> [N], the
+    summed squared error of the RGB (or `rec_loss`, glimpses under 32 px upsampled to 32 first)."""
+    decoded = dec_glimpses[:, 1:]
     if rec_loss is None:
-        return mse_reconstruction(target, decoded).mean()
+        return mse_reconstruction(target, decoded)
     if target.shape[-1] < 32:
         target = F.interpolate(target, size=32, mode="bilinear", align_corners=False)
         decoded = F.interpolate(decoded, size=32, mode="bilinear", align_corners=False)
-    return rec_loss(target, decoded).mean()
+    return rec_loss(target, decoded)

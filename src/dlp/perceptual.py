@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
-from typing import Union
+from typing import Any, ClassVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ __all__ = [
     "vgg_distance",
     "glimpse_vgg_distance",
     "reconstruction_loss",
+    "ReconstructionObjectiveMixin",
     "DDLP_FEATURE_WEIGHT",
 ]
 
@@ -306,3 +308,29 @@ def reconstruction_loss(name: str, *, device: str | torch.device = "cpu", weight
         warnings.warn(f"using MSE instead of the run's VGG loss: {exc}", stacklevel=2)
         return None, "mse (vgg weights unavailable)"
     return (lambda x, rec: vgg(x, rec, reduction="none")), "vgg"
+
+
+class ReconstructionObjectiveMixin:
+    """For a family's `Objective` whose train config has `rec_loss_function`: `rec_loss` (the per-image loss
+    `(x, rec) -> [B]`, None for the summed squared error), built on first use -- a perceptual network -- from the
+    objective's `device`, `vgg_weights` and `fallback_rec_loss`, and `setup()` that builds it before the run starts so
+    that missing VGG weights fail then. `reconstruction_options` are passed on to `reconstruction_loss`."""
+
+    reconstruction_options: ClassVar[Mapping[str, Any]] = {}
+
+    @cached_property
+    def _reconstruction(self):
+        return reconstruction_loss(self.train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
+                                   fallback_to_mse=self.fallback_rec_loss, **self.reconstruction_options)
+
+    @cached_property
+    def rec_loss(self):
+        return self._reconstruction[0]
+
+    @property
+    def rec_loss_name(self) -> str:
+        return self._reconstruction[1]
+
+    def setup(self) -> None:
+        self.rec_loss  # noqa: B018
+

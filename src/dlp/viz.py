@@ -34,6 +34,8 @@ __all__ = [
     "label_rows",
     "save_image",
     "plot_loss_curves",
+    "agg_figure",
+    "save_figure",
 ]
 
 # the official 11-colour particle palette (utils/util_func.py::color_map); particle i gets colour i mod 11
@@ -365,9 +367,6 @@ def plot_loss_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLi
     missing from some entries is drawn only where present (no stale repeats). x axis: "epoch" (or "step") if present,
     else the entry index. Uses matplotlib's Agg canvas directly; never changes the global backend.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     x_key = next((k for k in _X_KEYS if any(k in m for m in metrics)), None)
 
     def series(key: str) -> tuple[list[float], list[float]]:
@@ -397,8 +396,7 @@ def plot_loss_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLi
     if not panels:
         panels = [("loss", [])]
 
-    fig = Figure(figsize=(8, 2.4 * len(panels)))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((8, 2.4 * len(panels)))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, keys) in zip(axes, panels):
         for k in keys:
@@ -411,6 +409,21 @@ def plot_loss_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLi
     axes[-1].set_xlabel(x_key or "entry")
     if title:
         axes[0].set_title(title)
+    return save_figure(fig, path)
+
+
+def agg_figure(figsize: tuple[float, float]):
+    """A matplotlib `Figure` on its own Agg canvas: drawing never touches pyplot or the global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Lay out `fig` and write it to `path` (any matplotlib format, parent folders made) at 100 dpi."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,14 +35,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dlp.demo.state import POSITION_KEYS, Edit, EditError, parse_edit
+from dlp.demo.state import POSITION_KEYS, Edit, EditError, apply_edit, parse_edit
 
 __all__ = ["ClipDemoState", "ClipDemoWindow", "parse_edit"]
 
@@ -244,46 +243,10 @@ class ClipDemoState:
         self.attributes = {name: value.clone() for name, value in self.original_attributes.items()}
         self._rollout = self._original_rollout
 
-    def _unknown_key(self, edit: Edit, key: str) -> EditError:
-        return EditError(f"unknown edit key {key!r} in edit {edit.index}:...; valid keys for this model: "
-                         f"{', '.join(self.edit_keys())}.")
-
     def apply(self, edit: Edit) -> None:
         """Apply a parsed `Edit` (see `parse_edit`) to every conditioning frame; every key is checked before anything
         changes. `x`, `y` give the place in the first conditioning frame; `dx`, `dy` shift it."""
-        i = self.k if edit.index == "bg" else edit.index
-        self._check_index(i, background_ok=True)
-        attribute_re = re.compile(rf"^({'|'.join(map(re.escape, self.attributes))})(\d*)$")
-        for key, _ in edit.changes:
-            known = key in POSITION_KEYS or key in ("on", "obj_on") or re.fullmatch(r"f\d+", key)
-            if not (known or attribute_re.match(key)):
-                raise self._unknown_key(edit, key)
-            if i == self.k and not key.startswith("f"):
-                raise EditError(f"the background can only have its features edited, not {key}.")
-        row, col = (float(v) for v in self.pixels(0)[i]) if i < self.k else (None, None)
-        moved = False
-        for key, value in edit.changes:
-            if re.fullmatch(r"f\d+", key):
-                self.set_feature(i, int(key[1:]), value)
-            elif key == "on":
-                self.set_on(i, bool(value))
-            elif key == "obj_on":
-                self.set_presence(i, value)
-            elif key == "dx":
-                col += value / 2.0 * (self.size - 1)
-                moved = True
-            elif key == "dy":
-                row += value / 2.0 * (self.size - 1)
-                moved = True
-            elif key == "x":
-                col, moved = value, True
-            elif key == "y":
-                row, moved = value, True
-            else:
-                name, component = attribute_re.match(key).groups()
-                self.set_attribute(i, name, value, int(component) if component else None)
-        if moved:
-            self.move(i, row, col)
+        apply_edit(self, edit, has_presence=True, pixels=self.pixels(0))
 
     # ------------------------------------------------------------------------------------------------------------
     # rolling out

@@ -301,47 +301,9 @@ class DemoState:
         self.off = torch.zeros(self.k, dtype=torch.bool, device=self.positions.device)
         self._decoded = self._original_decoded
 
-    def _unknown_key(self, edit: Edit, key: str) -> EditError:
-        return EditError(f"unknown edit key {key!r} in edit {edit.index}:...; valid keys for this model: "
-                         f"{', '.join(self.edit_keys())}.")
-
     def apply(self, edit: Edit) -> None:
         """Apply a parsed `Edit` (see `parse_edit`); every key is checked before anything changes."""
-        i = self.k if edit.index == "bg" else edit.index
-        self._check_index(i, background_ok=True)
-        attribute_re = re.compile(rf"^({'|'.join(map(re.escape, self.attributes))})(\d*)$") if self.attributes else None
-        for key, _ in edit.changes:
-            known = key in POSITION_KEYS or key == "on" or re.fullmatch(r"f\d+", key)
-            known = known or (key == "obj_on" and self.is_object_model)
-            known = known or (attribute_re is not None and attribute_re.match(key))
-            if not known:
-                raise self._unknown_key(edit, key)
-            if i == self.k and not key.startswith("f"):
-                raise EditError(f"the background can only have its features edited, not {key}.")
-        row, col = (float(v) for v in self.pixels()[i]) if i < self.k else (None, None)
-        moved = False
-        for key, value in edit.changes:
-            if re.fullmatch(r"f\d+", key):
-                self.set_feature(i, int(key[1:]), value)
-            elif key == "on":
-                self.set_on(i, bool(value))
-            elif key == "obj_on":
-                self.set_presence(i, value)
-            elif key == "dx":
-                col += value / 2.0 * (self.size - 1)
-                moved = True
-            elif key == "dy":
-                row += value / 2.0 * (self.size - 1)
-                moved = True
-            elif key == "x":
-                col, moved = value, True
-            elif key == "y":
-                row, moved = value, True
-            else:
-                name, component = attribute_re.match(key).groups()
-                self.set_attribute(i, name, value, int(component) if component else None)
-        if moved:
-            self.move(i, row, col)
+        apply_edit(self, edit, has_presence=self.is_object_model, pixels=self.pixels())
 
     # ------------------------------------------------------------------------------------------------------------
     # decoding
@@ -445,6 +407,49 @@ class DemoState:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def apply_edit(state, edit: Edit, *, has_presence: bool, pixels: torch.Tensor) -> None:
+    """Apply a parsed `Edit` to a demo state (`DemoState`, `ClipDemoState`) through its setters, after checking every
+    key against `state.edit_keys()`. `pixels` [K, 2] are the (row, col) places that `dx`, `dy` shift; `obj_on` is a
+    valid key only when `has_presence`."""
+    i = state.k if edit.index == "bg" else edit.index
+    state._check_index(i, background_ok=True)
+    attributes = "|".join(map(re.escape, state.attributes))
+    attribute_re = re.compile(rf"^({attributes})(\d*)$") if attributes else None
+    for key, _ in edit.changes:
+        known = key in POSITION_KEYS or key == "on" or re.fullmatch(r"f\d+", key)
+        known = known or (key == "obj_on" and has_presence)
+        known = known or (attribute_re is not None and attribute_re.match(key))
+        if not known:
+            raise EditError(f"unknown edit key {key!r} in edit {edit.index}:...; valid keys for this model: "
+                            f"{', '.join(state.edit_keys())}.")
+        if i == state.k and not key.startswith("f"):
+            raise EditError(f"the background can only have its features edited, not {key}.")
+    row, col = (float(v) for v in pixels[i]) if i < state.k else (None, None)
+    moved = False
+    for key, value in edit.changes:
+        if re.fullmatch(r"f\d+", key):
+            state.set_feature(i, int(key[1:]), value)
+        elif key == "on":
+            state.set_on(i, bool(value))
+        elif key == "obj_on":
+            state.set_presence(i, value)
+        elif key == "dx":
+            col += value / 2.0 * (state.size - 1)
+            moved = True
+        elif key == "dy":
+            row += value / 2.0 * (state.size - 1)
+            moved = True
+        elif key == "x":
+            col, moved = value, True
+        elif key == "y":
+            row, moved = value, True
+        else:
+            name, component = attribute_re.match(key).groups()
+            state.set_attribute(i, name, value, int(component) if component else None)
+    if moved:
+        state.move(i, row, col)
+
+
 class DemoController:
     """Pure event handling for the demo window; every handler returns True when the view must be redrawn.
 

@@ -295,12 +295,10 @@ def save_landmark_figure(
 
     `images` [N, C, H, W] in [0, 1]; landmarks [N, L, 2] in pixels, (x, y) order as the datasets store them.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from dlp.viz import agg_figure, save_figure
 
     n = images.shape[0]
-    fig = Figure(figsize=(2.0 * n, 2.3 if title else 2.0))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((2.0 * n, 2.3 if title else 2.0))
     axes = fig.subplots(1, n, squeeze=False)[0]
     for i, ax in enumerate(axes):
         img = images[i].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
@@ -312,11 +310,7 @@ def save_landmark_figure(
     axes[0].legend(loc="lower left", fontsize=6, framealpha=0.6)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -365,8 +365,7 @@ def save_metric_plot(results: Mapping[str, Any], path: str | Path, *, title: str
     """One panel per metric (PSNR, SSIM, LPIPS: those present in `results`, as `video_prediction_metrics` returns
     them) of its value against the future step, for the model and both baselines -> PNG at `path`.
     Uses matplotlib's Agg canvas directly; never changes the global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from dlp.viz import agg_figure, save_figure
 
     metrics = [m for m in QUALITY_METRICS if m in results]
     if not metrics:
@@ -375,8 +374,7 @@ def save_metric_plot(results: Mapping[str, Any], path: str | Path, *, title: str
               "reconstruction": {"color": "C2", "linestyle": ":"}}
     labels = {"model": "model (rollout)", "last_frame": "last frame repeated", "reconstruction": "reconstruction"}
     units = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
-    fig = Figure(figsize=(4.2 * len(metrics), 3.2))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((4.2 * len(metrics), 3.2))
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         for method, values in results[metric].items():
@@ -390,8 +388,4 @@ def save_metric_plot(results: Mapping[str, Any], path: str | Path, *, title: str
         title = f"{results['cond_frames']} conditioning frames, {results.get('num_clips', '?')} clips"
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    return save_figure(fig, path)

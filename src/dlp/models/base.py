@@ -66,3 +66,14 @@ class ParticleView:
             return value
 
         return replace(self, **{name: pick(getattr(self, name)) for name in self.__dataclass_fields__})
+
+
+def check_images(x: torch.Tensor, config) -> None:
+    """Raise a one-sentence error unless x is a batch of images [B, C, H, W] of the config's `in_channels` and
+    `image_size` (the image families' input check, before any work)."""
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"expected images of shape [B, {config.in_channels}, {config.image_size}, {config.image_size}], got "
+            f"{list(x.shape)}; resize the images to the model's image_size or build the model for this size."
+        )

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from dlp.losses import ReconstructionLoss
+from dlp.losses import ReconstructionLoss, per_glimpse_reconstruction
 from dlp.models.dlpv2.config import DLPv2Config
 from dlp.models.dlpv2.losses import (
     PERCEPTUAL_SCALE,
@@ -90,14 +89,7 @@ def _frame_reconstruction(out, x: torch.Tensor, warmup: bool, rec_loss: Reconstr
     each frame's per-glimpse losses summed over its particles (decoded glimpse RGB against the encoder's crops)."""
     b, t = x.shape[:2]
     if warmup:
-        target, decoded = out.glimpses.flatten(0, 2), out.dec_glimpses[:, :, :, 1:].flatten(0, 2)  # [B*T*K, C, S, S]
-        if rec_loss is None:
-            per_glimpse = ((decoded - target) ** 2).flatten(1).sum(-1)
-        else:
-            if target.shape[-1] < 32:  # the perceptual loss needs >= 32 px (official bilinear resize)
-                target = F.interpolate(target, size=32, mode="bilinear", align_corners=False)
-                decoded = F.interpolate(decoded, size=32, mode="bilinear", align_corners=False)
-            per_glimpse = rec_loss(target, decoded)
+        per_glimpse = per_glimpse_reconstruction(out.glimpses.flatten(0, 2), out.dec_glimpses.flatten(0, 2), rec_loss)
         return per_glimpse.view(b, t, -1).sum(-1)
     if rec_loss is None:
         return ((out.rec - x) ** 2).flatten(2).sum(-1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-from dlp.models.base import ParticleView
+from dlp.models.base import ParticleView, check_images
 from dlp.models.dlp_v1.config import DLPConfig
 from dlp.models.dlp_v1.extensions import PriorAnchoredPositionEncoder
 from dlp.models.dlp_v1.glimpse import composite, paste_glimpses, square_masks
@@ -357,13 +357,7 @@ class DLP(nn.Module, PretrainedMixin):
         return super().train(mode)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        cfg = self.config
-        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape [B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}], got "
-                f"{list(x.shape)}; resize the images to the model's image_size or build the model for this size."
-            )
+        check_images(x, self.config)
 
     def extra_repr(self) -> str:
         kind = "object" if self.config.is_object_model else "masked"

@@ -11,7 +11,6 @@ epoch. The extension costs of `DLPTrainConfig.extensions` apply in the normal ph
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cached_property
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ from dlp.engine.objective import Objective
 from dlp.losses import ReconstructionLoss, chamfer_kl, gaussian_kl, glimpse_reconstruction, mse_reconstruction
 from dlp.models.dlp_v1.extensions import active_particles, alpha_spread, obj_on_cost_weight
 from dlp.models.kernels import adam as fused_adam
+from dlp.perceptual import ReconstructionObjectiveMixin
 
 # The official optimiser split: (prior + encoders, decoders); module names of `DLP`.
 ENCODER_SIDE = ("prior", "encoder", "position_encoder", "bg_encoder", "glimpse_encoder")
@@ -92,32 +92,12 @@ def parameter_groups(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], 
     return groups[0], groups[1]
 
 
-class DLPObjective(Objective):
+class DLPObjective(ReconstructionObjectiveMixin, Objective):
     """The DLP v1 training objective (see the module docstring)."""
 
     loss_names: ClassVar[tuple[str, ...]] = ("loss", "rec", "kl", "kl_kp", "kl_feat", "active", "spread")
     headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "fair/mu", "official/mu",
                                                    "deterministic/elbo", "deterministic/psnr")
-
-    @cached_property
-    def _reconstruction(self):
-        from dlp.perceptual import reconstruction_loss
-
-        return reconstruction_loss(self.train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
-                                   fallback_to_mse=self.fallback_rec_loss)
-
-    @cached_property
-    def rec_loss(self):
-        """The per-image reconstruction loss `(x, rec) -> [B]`, None for the summed squared error (loaded on first
-        use: a perceptual network)."""
-        return self._reconstruction[0]
-
-    @property
-    def rec_loss_name(self) -> str:
-        return self._reconstruction[1]
-
-    def setup(self) -> None:
-        self.rec_loss  # noqa: B018  (missing VGG weights fail now, before the run starts)
 
     # ------------------------------------------------------------------------------------------------------------
     @property

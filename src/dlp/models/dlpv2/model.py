@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlp.models.base import ParticleView
+from dlp.models.base import ParticleView, check_images
 from dlp.models.dlpv2.config import DLPv2Config
 from dlp.models.dlpv2.layers import init_official
 from dlp.models.dlpv2.losses import DLPv2Priors, prior_constants
@@ -379,13 +379,7 @@ class DLPv2(nn.Module, PretrainedMixin):
         return apply_view(particles, view, switched_off)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        cfg = self.config
-        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape [B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}], got "
-                f"{list(x.shape)}; resize the images to the model's image_size or build the model for this size."
-            )
+        check_images(x, self.config)
 
     def extra_repr(self) -> str:
         cfg = self.config

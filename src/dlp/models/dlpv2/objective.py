@@ -9,7 +9,6 @@ then "normal". Every forward pass samples (`deterministic=False`), as officially
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -17,39 +16,21 @@ import torch
 from dlp.engine.objective import Objective
 from dlp.models.dlpv2.losses import dlpv2_loss, prior_constants
 from dlp.models.kernels import adam as fused_adam
+from dlp.perceptual import DDLP_FEATURE_WEIGHT, ReconstructionObjectiveMixin
 
 
-class DLPv2Objective(Objective):
+class DLPv2Objective(ReconstructionObjectiveMixin, Objective):
     """The official DLPv2 training objective (see the module docstring)."""
 
     loss_names: ClassVar[tuple[str, ...]] = ("loss", "rec", "kl", "kl_kp", "kl_feat", "kl_obj_on", "kl_scale",
                                              "kl_depth", "obj_on_l1", "psnr")
     headline_metrics: ClassVar[tuple[str, ...]] = ("recall@4", "precision@4", "box_f1@0.5", "deterministic/psnr")
+    reconstruction_options: ClassVar[dict[str, Any]] = {"imagenet_normalize": True,
+                                                         "feature_weight": DDLP_FEATURE_WEIGHT}
 
     def __init__(self, model_config, train_config, **kwargs):
         super().__init__(model_config, train_config, **kwargs)
         self.priors = prior_constants(model_config)
-
-    @cached_property
-    def _reconstruction(self):
-        from dlp.perceptual import DDLP_FEATURE_WEIGHT, reconstruction_loss
-
-        return reconstruction_loss(self.train_config.rec_loss_function, device=self.device, weights=self.vgg_weights,
-                                   fallback_to_mse=self.fallback_rec_loss, imagenet_normalize=True,
-                                   feature_weight=DDLP_FEATURE_WEIGHT)
-
-    @cached_property
-    def rec_loss(self):
-        """The per-image reconstruction loss `(x, rec) -> [B]`, None for the summed squared error (loaded on first
-        use: a perceptual network)."""
-        return self._reconstruction[0]
-
-    @property
-    def rec_loss_name(self) -> str:
-        return self._reconstruction[1]
-
-    def setup(self) -> None:
-        self.rec_loss  # noqa: B018  (missing VGG weights fail now, before the run starts)
 
     def phase(self, epoch: int) -> str:
         warmup_epoch = self.train_config.warmup_epoch
